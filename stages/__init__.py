@@ -1,0 +1,1 @@
+"""Burrscope pipeline stages: each module runs as `python -m stages.<name>`."""

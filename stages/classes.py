@@ -1,0 +1,21 @@
+"""Class labels: one ordering and one column naming, shared by training, aggregation and the report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def class_order(labels: Iterable[str]) -> list[str]:
+    """Distinct labels, numerically sorted when all are integers ("0" < "1" < "10"), else lexically.
+
+    In the binary case the last class is the positive one ("1", burr) for ROC and precision/recall.
+    """
+    distinct = {str(label) for label in labels}
+    if all(label.lstrip("-").isdigit() for label in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
+
+
+def prob_column(label: str) -> str:
+    """Name of the predictions-CSV column holding the probability of `label`."""
+    return f"prob_{label}"

@@ -1,0 +1,102 @@
+"""Shared helpers: atomic writes, params validation, class ordering."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.classes import class_order, prob_column
+from stages.files import atomic_dir, atomic_path, sha256_file, write_text_atomic
+from stages.params import ParamsError, load_params, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_atomic_path_replaces_target_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("killed midway")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as folder:
+            (folder / "f").write_text("y")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_atomic_dir_replaces_the_whole_folder_or_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "images"
+    target.mkdir()
+    (target / "stale.png").write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as folder:
+        (folder / "new.png").write_text("partial")
+        raise KeyboardInterrupt
+    assert [p.name for p in target.iterdir()] == ["stale.png"]
+    with atomic_dir(target) as folder:
+        (folder / "new.png").write_text("done")
+    assert [p.name for p in target.iterdir()] == ["new.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_repo_params_are_valid_and_lr_is_top_level() -> None:
+    params = validate_params(repo_params())
+    for key in ("lr", "epochs", "batch_size", "model", "seed"):
+        assert key in params
+    assert params["resize"]["img_size"] == 224
+    assert "size" not in params["resize"]  # DVC's run-cache ignores a key named `size`
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": -1}, r"lr: -1 is less than or equal to the minimum"),
+        ({"model": "vgg99"}, r"model: 'vgg99' is not one of"),
+        ({"resize": {"img_size": 0}}, r"resize.img_size: 0 is less than the minimum"),
+        ({"split": {"folds": 1, "fold_ids": [0]}}, r"split.folds: 1 is less than the minimum"),
+        ({"split": {"folds": 3, "fold_ids": [0, 1, 2, 3, 4]}}, r"set fold_ids to \[0, 1, 2\]"),
+        ({"train": {"device": "tpu", "keep": "last", "augment": {"flip": True, "rot90": True, "jitter": 0.1}}},
+         r"train.device: 'tpu' is not one of"),
+        ({"typo_key": 1}, r"Additional properties are not allowed \('typo_key'"),
+    ],
+)
+def test_bad_params_name_the_key(change: dict, message: str) -> None:
+    params = repo_params() | change
+    with pytest.raises(ParamsError, match=message):
+        validate_params(params)
+
+
+def test_load_params_reports_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found: run stages from the repository root"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_class_order_is_numeric_when_labels_are_integers() -> None:
+    assert class_order(["1", "0", "10", "2", "1"]) == ["0", "1", "2", "10"]
+    assert class_order(["no_burr", "burr"]) == ["burr", "no_burr"]
+    assert prob_column("1") == "prob_1"
