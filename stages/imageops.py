@@ -1,0 +1,129 @@
+"""Image operations shared by the data stages: pure functions on PIL images, plus the folder plumbing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from stages.errors import DataError
+from stages.files import atomic_dir
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Clutter that file managers drop into photo folders; anything starting with "." is hidden too.
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
+# Greyscale modes whose samples span 16 bits: Pillow's own convert() clips them at 255 (all white).
+GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+RGB = tuple[int, int, int]
+
+
+def output_name(name: str) -> str:
+    """Name a stage writes for input `name`: same stem, always PNG (lossless, keeps later stages exact)."""
+    return f"{Path(name).stem}.png"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; hidden/system junk skipped, anything else refused."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; check the path (run stages from the repository root).")
+    images, unexpected = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name.lower() in JUNK_NAMES:
+            continue
+        if path.is_dir():
+            unexpected.append(f"{path.name}/ (sub-folder: move its images up, the folder must be flat)")
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            unexpected.append(f"{path.name} (not an image: move it out of the folder)")
+    if unexpected:
+        allowed = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(
+            f"{folder} holds {len(unexpected)} unexpected entr{'y' if len(unexpected) == 1 else 'ies'} "
+            f"(allowed: {allowed}):\n" + "\n".join(f"  {item}" for item in unexpected)
+        )
+    if not images:
+        raise DataError(f"{folder} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))}); add some.")
+    return images
+
+
+def _rgb_and_alpha(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Split any mode into uint8 RGB (h, w, 3) and alpha (h, w), honouring alpha bands and `transparency`."""
+    if img.mode in GREY16_MODES:
+        raw = np.asarray(img).astype(np.int64)
+        grey = (np.clip(raw, 0, 0xFFFF) >> 8).astype(np.uint8)
+        transparent = img.info.get("transparency")
+        opaque = raw != transparent if isinstance(transparent, int) else np.ones(raw.shape, bool)
+        return np.repeat(grey[..., None], 3, axis=2), np.where(opaque, 255, 0).astype(np.uint8)
+    # convert("RGBA") keeps real alpha (RGBA, LA, PA, un-premultiplies RGBa) and turns P/L/RGB
+    # `transparency` info into alpha; unlike convert("RGB"), it never exposes colours hidden under alpha 0.
+    rgba = np.asarray(img.convert("RGBA"))
+    return rgba[..., :3], rgba[..., 3]
+
+
+def composite_on_background(img: Image.Image, background: RGB) -> Image.Image:
+    """Upright (EXIF-applied) RGB image of the first frame of `img`, alpha-blended onto `background`."""
+    img.seek(0)  # multi-frame files (GIF, TIFF, WebP): the photo is the first frame
+    rgb, alpha = _rgb_and_alpha(ImageOps.exif_transpose(img))
+    a = alpha[..., None].astype(np.uint32)
+    bg = np.asarray(background, dtype=np.uint32)
+    # Integer blend with rounding: alpha 0 gives exactly the background, alpha 255 exactly the source.
+    out = (rgb.astype(np.uint32) * a + bg * (255 - a) + 127) // 255
+    return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
+def pad_to_square(img: Image.Image, background: RGB) -> Image.Image:
+    """Centre an RGB image on a background square whose side is its longer side; never crops.
+
+    An odd difference puts the extra padding pixel on the right/bottom.
+    """
+    if img.mode != "RGB":
+        raise ValueError(f"pad_to_square needs an RGB image, got mode {img.mode}; composite it first")
+    side = max(img.size)
+    square = Image.new("RGB", (side, side), tuple(background))
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return square
+
+
+def resize_square(img: Image.Image, img_size: int) -> Image.Image:
+    """Antialiased (Lanczos) resize of a square image to img_size x img_size."""
+    if img.width != img.height:
+        raise ValueError(f"resize_square needs a square image, got {img.width}x{img.height}; pad it first")
+    return img.resize((img_size, img_size), Image.Resampling.LANCZOS)
+
+
+def prepare_input(img: Image.Image, background: RGB, img_size: int) -> Image.Image:
+    """Model input: padded (not stretched, not cropped) to a square, then resized."""
+    return resize_square(pad_to_square(img, background), img_size)
+
+
+def map_folder(in_dir: Path, out_dir: Path, transform: Callable[[Image.Image], Image.Image]) -> int:
+    """Write transform(image) as `<stem>.png` per image in `in_dir`; `out_dir` appears whole or not at all.
+
+    Returns the number of images written.
+    """
+    images = list_images(in_dir)
+    targets: dict[str, Path] = {}
+    for path in images:
+        name = output_name(path.name)
+        if name in targets:
+            raise DataError(
+                f"{in_dir}: {targets[name].name} and {path.name} would both be written as {name}; "
+                "run the normalise stage, which gives every image a distinct stem."
+            )
+        targets[name] = path
+    with atomic_dir(out_dir) as tmp:
+        for name, path in targets.items():
+            try:
+                with Image.open(path) as img:
+                    result = transform(img)
+            except (OSError, Image.DecompressionBombError) as err:
+                raise DataError(f"{path}: cannot read image ({err}); re-export or remove it.") from err
+            except ValueError as err:  # e.g. a non-RGB file where an earlier stage's output belongs
+                raise DataError(f"{path}: {err}.") from err
+            result.save(tmp / name, format="PNG")
+    return len(targets)

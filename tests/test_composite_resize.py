@@ -1,0 +1,86 @@
+"""The composite and resize stages over folders: names, modes, sizes, atomic output, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.composite import composite
+from stages.errors import DataError
+from stages.files import sha256_file
+from stages.resize import resize
+
+BG = (0, 0, 0)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Photos as the normalise stage leaves them: distinct stems, assorted formats and modes."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    hidden = np.zeros((6, 10, 4), np.uint8)
+    hidden[..., :3] = 200  # colour the cut-out tool left under alpha 0
+    hidden[2:4, 3:7] = (1, 2, 3, 255)
+    Image.fromarray(hidden, "RGBA").save(folder / "cutout.png")
+    Image.new("RGB", (80, 30), (90, 90, 90)).save(folder / "photo.jpg", quality=100)
+    Image.new("P", (3, 9)).save(folder / "palette.bmp")
+    Image.new("L", (5, 5), 77).save(folder / "grey.webp", lossless=True)
+    return folder
+
+
+def test_composite_writes_rgb_png_per_stem(photos: Path, tmp_path: Path) -> None:
+    before = {p.name: sha256_file(p) for p in photos.iterdir()}
+    assert composite(photos, tmp_path / "out", BG) == 4
+    assert {p.name: sha256_file(p) for p in photos.iterdir()} == before
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["cutout.png", "grey.png", "palette.png", "photo.png"]
+    for name in names:
+        with Image.open(tmp_path / "out" / name) as img:
+            assert img.format == "PNG" and img.mode == "RGB"
+    with Image.open(tmp_path / "out" / "cutout.png") as img:
+        pixels = np.array(img)
+    assert (pixels[2:4, 3:7] == (1, 2, 3)).all()
+    pixels[2:4, 3:7] = 0
+    assert (pixels == 0).all()
+
+
+def test_composite_replaces_stale_output(photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale.png").write_bytes(b"old run")
+    composite(photos, tmp_path / "out", BG)
+    assert not (tmp_path / "out" / "stale.png").exists()
+
+
+def test_composite_refuses_clashing_stems(photos: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (2, 2)).save(photos / "photo.png")
+    with pytest.raises(DataError, match=r"photo\.jpg and photo\.png would both be written as photo\.png"):
+        composite(photos, tmp_path / "out", BG)
+
+
+def test_broken_image_names_file_and_leaves_no_output(photos: Path, tmp_path: Path) -> None:
+    (photos / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match=r"zz_broken\.png: cannot read image"):
+        composite(photos, tmp_path / "out", BG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_resize_pads_and_sizes_every_image(photos: Path, tmp_path: Path) -> None:
+    composite(photos, tmp_path / "comp", (255, 255, 255))
+    assert resize(tmp_path / "comp", tmp_path / "out", (255, 255, 255), 16) == 4
+    for path in (tmp_path / "out").iterdir():
+        with Image.open(path) as img:
+            assert img.mode == "RGB" and img.size == (16, 16)
+    with Image.open(tmp_path / "out" / "photo.png") as img:
+        pixels = np.asarray(img).astype(int)
+    # 80x30 is padded to 80x80 (photo in rows 25..54), then shrunk 5x: the photo sits in the middle band
+    # and the outer rows, beyond the Lanczos kernel's reach, are pure padding.
+    assert (pixels[:2] == 255).all() and (pixels[14:] == 255).all()
+    assert np.abs(pixels[7:9] - 90).max() <= 3
+
+
+def test_resize_refuses_uncomposited_input(photos: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cutout\.png: pad_to_square needs an RGB image, got mode RGBA"):
+        resize(photos, tmp_path / "out", BG, 16)
