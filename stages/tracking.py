@@ -1,0 +1,164 @@
+"""MLflow tracking: one parent run per pipeline run, one child run per fold, linked across processes.
+
+The folds run as separate processes (and, under Snakemake, side by side), so they cannot share an active
+run. Each fold finds-or-creates the parent under a file lock, keyed by what defines the pipeline run (the
+DVC experiment name, the params and the fold assignment), and logs into its own child run through
+MlflowClient, which ignores a leftover MLFLOW_RUN_ID (mlflow#15713). Aggregate logs the summary to the
+parent and closes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:  # models imports torch, which aggregate must not pay for
+    from stages.models import Weights
+
+PIPELINE_KEY_TAG = "burrscope_pipeline_key"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+# DVC runs `--temp` and `--queue` experiments in a copy under <workspace>/.dvc/tmp/exps/.
+DVC_EXP_TMP = (".dvc", "tmp", "exps")
+BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
+
+
+def workspace_root(cwd: Path | None = None) -> Path:
+    """The main DVC workspace, even from inside a temp experiment copy, so runs land in one store."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - len(DVC_EXP_TMP) + 1):
+        if parts[i : i + len(DVC_EXP_TMP)] == DVC_EXP_TMP:
+            return Path(*parts[:i])
+    return cwd
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"train": {"augment": {"flip": True}}} -> {"train.augment.flip": "True"}."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def pipeline_key(params: Mapping[str, Any], folds_csv: Path) -> str:
+    """Same for every fold and the aggregate of one pipeline run; different when params or folds change."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    digest.update(Path(folds_csv).read_bytes())
+    digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def _workspace_lock(root: Path) -> Iterator[None]:
+    from filelock import FileLock
+
+    with FileLock(root / ".mlflow.lock"):
+        yield
+
+
+def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # With the default local store, pin artifacts to the workspace, not to a temp experiment copy.
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v) for k, v in sorted(params.items())]
+    for start in range(0, len(items), BATCH_LIMIT):
+        client.log_batch(run_id, params=items[start : start + BATCH_LIMIT])
+
+
+def _find_parent(client: MlflowClient, experiment_id: str, key: str, running_only: bool) -> str | None:
+    query = f"tags.{PIPELINE_KEY_TAG} = '{key}'"
+    if running_only:
+        query += " and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _parent_run(client: MlflowClient, experiment_id: str, key: str, params: Mapping[str, Any]) -> str:
+    found = _find_parent(client, experiment_id, key, running_only=True)
+    if found:
+        return found
+    name = os.environ.get("DVC_EXP_NAME") or time.strftime("pipeline-%Y%m%d-%H%M%S")
+    run = client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key})
+    _log_params(client, run.info.run_id, flatten(params))
+    return run.info.run_id
+
+
+class FoldRun:
+    """A fold's child run: params at start, metrics once per epoch, artifacts and status at the end."""
+
+    def __init__(self, params: Mapping[str, Any], folds_csv: Path, fold: int) -> None:
+        root = workspace_root()
+        self.client = MlflowClient(tracking_uri(root))
+        key = pipeline_key(params, folds_csv)
+        with _workspace_lock(root):
+            experiment_id = _experiment_id(self.client, params["mlflow"]["experiment"], root)
+            self.parent_id = _parent_run(self.client, experiment_id, key, params)
+        # Only parents carry the pipeline key, so the search above never finds a fold.
+        tags = {PARENT_RUN_TAG: self.parent_id, "fold": str(fold)}
+        self.run_id = self.client.create_run(experiment_id, run_name=f"fold-{fold}", tags=tags).info.run_id
+        _log_params(self.client, self.run_id, {**flatten(params), "fold": str(fold)})
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def finish(self, weights: Weights, artifacts: list[Path]) -> None:
+        tags = [RunTag("weights.name", weights.name), RunTag("weights.sha256", weights.sha256 or "none")]
+        self.client.log_batch(self.run_id, tags=tags)
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def __enter__(self) -> FoldRun:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        # Any failure, a Ctrl-C included, leaves the child marked FAILED rather than RUNNING forever.
+        if exc_type is not None:
+            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def log_aggregate(params: Mapping[str, Any], folds_csv: Path, metrics: Mapping[str, float],
+                  artifacts: list[Path]) -> str | None:
+    """Log the cross-validated summary to this pipeline run's parent and close it; its run id, or None."""
+    root = workspace_root()
+    client = MlflowClient(tracking_uri(root))
+    key = pipeline_key(params, folds_csv)
+    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    if experiment is None:
+        return None
+    parent_id = (_find_parent(client, experiment.experiment_id, key, running_only=True)
+                 or _find_parent(client, experiment.experiment_id, key, running_only=False))
+    if parent_id is None:
+        return None
+    now = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
+    for path in artifacts:
+        client.log_artifact(parent_id, str(path))
+    client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))
+    return parent_id
