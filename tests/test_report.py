@@ -1,0 +1,136 @@
+"""Report stage: a self-contained, escaped, deterministic HTML page built from fake pipeline outputs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from test_aggregate import TOY, run_aggregate, workspace
+
+from stages.params import load_params
+from stages.report import build_report, main
+
+HOSTILE_FILE = "<b>&\"x'.png"  # a legal file name on disk
+HOSTILE_ORIGINAL = "<script>x</script>.png"
+IMG = re.compile(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"')
+
+
+def fake_inputs(root: Path, predictions: pd.DataFrame) -> list[Path]:
+    """Manifest, model inputs and aggregate outputs for `predictions`; the report CLI's input paths.
+
+    The original names exercise the data summary: one collision rename, two non-ASCII names.
+    """
+    originals = ["Grat ä 1.PNG", HOSTILE_ORIGINAL, "Teil 1.png", "teil_1.png", "零件.png"]
+    originals += [f"photo {i}.png" for i in range(len(originals), len(predictions))]
+    manifest = pd.DataFrame(
+        {
+            "original_name": originals,
+            "normalised_name": [Path(name).stem + ".jpg" for name in predictions["file"]],
+            "label": predictions["label"],
+            "sha256": "00" * 32,
+            "width": [400 + 10 * i for i in range(len(predictions))],
+            "height": [300 + 5 * i for i in range(len(predictions))],
+            "mode": "RGBA",
+            "collision": ["", "", "teil_1", "teil_1"] + [""] * (len(predictions) - 4),
+        }
+    )
+    manifest.loc[2, "normalised_name"] = "teil_1.jpg"  # kept the contested stem
+    manifest.loc[3, "normalised_name"] = "teil_1_2.jpg"  # renamed
+    predictions = predictions.assign(file=manifest["normalised_name"].str.replace(".jpg", ".png"))
+    manifest_csv = root / "data" / "interim" / "manifest.csv"
+    manifest_csv.parent.mkdir(parents=True)
+    manifest.to_csv(manifest_csv, index=False)
+    images_dir = root / "data" / "processed" / "images"
+    images_dir.mkdir(parents=True)
+    for i, name in enumerate(predictions["file"]):
+        Image.new("RGB", (48, 48), (30 * i % 256, 90, 160)).save(images_dir / name)
+    run_aggregate(root, predictions)
+    return [manifest_csv, images_dir, root / "results" / "train", root / "out"]
+
+
+@pytest.fixture
+def binary(tmp_path: Path) -> list[Path]:
+    workspace(tmp_path)
+    toy = TOY.assign(file=TOY["file"].replace("b.png", HOSTILE_FILE))  # b.png is misclassified
+    return fake_inputs(tmp_path, toy)
+
+
+def report(tmp_path: Path, inputs: list[Path]) -> str:
+    return build_report(*inputs, load_params(tmp_path / "params.yaml"))
+
+
+def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binary: list[Path]) -> None:
+    page = report(tmp_path, binary)
+    assert len(IMG.findall(page)) == 3 + 3  # b, f, g misclassified; confusion, ROC, training curves
+    assert page.count('class="card"') == 3
+    # The per-fold table, from the hand-computed values in test_aggregate.
+    assert "<td>0.750</td><td>0.750</td><td>0.667</td><td>1.000</td><td>0.800</td><td>1.000</td>" in page
+    assert "<td>mean ± std</td><td></td><td>0.625 ± 0.177</td>" in page
+    assert "<td>pooled</td><td>8</td><td>0.625</td><td>0.625</td><td>0.600</td><td>0.750</td>" in page
+    assert "ROC-AUC 0.750 on 8 images, 2-fold cross-validation" in page
+    assert "sha256 abababababab" in page
+    # Data summary: one name renamed by a collision, two non-ASCII originals, sizes from the manifest.
+    assert "<td>Renamed because names collided</td><td>1</td>" in page
+    assert "<td>Non-ASCII original names</td><td>2</td>" in page
+    assert "<td>Width (px)</td><td>400 to 470</td>" in page
+    assert "\nlr: 0.001\n" in page and "  background: [0, 0, 0]\n" in page and "    flip: true\n" in page
+
+
+def test_report_is_self_contained_and_escaped(tmp_path: Path, binary: list[Path]) -> None:
+    page = report(tmp_path, binary)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;.png" in page
+    assert "&lt;b&gt;&amp;&quot;x&#x27;.png" in page and HOSTILE_FILE not in page
+
+
+def test_report_is_deterministic_across_processes(tmp_path: Path, binary: list[Path]) -> None:
+    env = workspace(tmp_path)
+    command = [sys.executable, "-m", "stages.report", *map(str, binary), "reports/report.html"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("report: reports/report.html")
+    written = (tmp_path / "reports" / "report.html").read_bytes()
+    assert written == report(tmp_path, binary).encode()  # this process too: other hash seed, same bytes
+    assert len(written) < 1_000_000
+
+
+def test_multiclass_report_has_no_roc(tmp_path: Path) -> None:
+    workspace(tmp_path)
+    table = pd.DataFrame(
+        {
+            "file": [f"{name}.png" for name in "abcdef"],
+            "label": ["0", "1", "2", "0", "1", "2"],
+            "fold": [0, 0, 0, 1, 1, 1],
+            "predicted": ["0", "1", "1", "0", "2", "2"],
+            "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
+            "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
+            "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
+        }
+    )
+    page = report(tmp_path, fake_inputs(tmp_path, table))
+    assert "not applicable" in page and "ROC-AUC" not in page
+    assert len(IMG.findall(page)) == 2 + 2  # c, e misclassified; confusion, training curves
+    assert "P(true) 0.300 · P(1) 0.500" in page  # multi-class: probability of the predicted class
+
+
+def test_report_without_mistakes_says_so(tmp_path: Path) -> None:
+    workspace(tmp_path)
+    page = report(tmp_path, fake_inputs(tmp_path, TOY.assign(predicted=TOY["label"])))
+    assert "No image was misclassified." in page
+    assert len(IMG.findall(page)) == 3
+
+
+def test_missing_history_is_a_clear_error(tmp_path: Path, binary: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    (binary[2] / "fold_1" / "history.csv").unlink()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["report", *map(str, binary), "report.html"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert str(exit_.value.code).startswith("error: ") and "fold_1/history.csv not found" in str(exit_.value.code)
+    assert not (tmp_path / "report.html").exists()
