@@ -132,18 +132,20 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
     }
 
 
+# Three classes over two folds: the multi-class path (macro averages, no ROC).
+MULTICLASS = {
+    "file": [f"{name}.png" for name in "abcdef"],
+    "label": ["0", "1", "2", "0", "1", "2"],
+    "fold": [0, 0, 0, 1, 1, 1],
+    "predicted": ["0", "1", "1", "0", "2", "2"],
+    "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
+    "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
+    "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
+}
+
+
 def test_multiclass_uses_macro_averages_and_no_roc(tmp_path: Path) -> None:
-    table = pd.DataFrame(
-        {
-            "file": [f"{name}.png" for name in "abcdef"],
-            "label": ["0", "1", "2", "0", "1", "2"],
-            "fold": [0, 0, 0, 1, 1, 1],
-            "predicted": ["0", "1", "1", "0", "2", "2"],
-            "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
-            "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
-            "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
-        }
-    )
+    table = pd.DataFrame(MULTICLASS)
     summary = run_aggregate(tmp_path, table)
     # Per class (0, 1, 2): precision 1, 1/2, 1/2; recall 1, 1/2, 1/2; F1 1, 1/2, 1/2.
     assert summary["overall"] == {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from test_aggregate import TOY, run_aggregate, workspace
+from test_aggregate import MULTICLASS, TOY, run_aggregate, workspace
 
 from stages.params import load_params
 from stages.report import build_report, main
@@ -102,17 +102,7 @@ def test_report_is_deterministic_across_processes(tmp_path: Path, binary: list[P
 
 def test_multiclass_report_has_no_roc(tmp_path: Path) -> None:
     workspace(tmp_path)
-    table = pd.DataFrame(
-        {
-            "file": [f"{name}.png" for name in "abcdef"],
-            "label": ["0", "1", "2", "0", "1", "2"],
-            "fold": [0, 0, 0, 1, 1, 1],
-            "predicted": ["0", "1", "1", "0", "2", "2"],
-            "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
-            "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
-            "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
-        }
-    )
+    table = pd.DataFrame(MULTICLASS)
     page = report(tmp_path, fake_inputs(tmp_path, table))
     assert "not applicable" in page and "ROC-AUC" not in page
     assert len(IMG.findall(page)) == 2 + 2  # c, e misclassified; confusion, training curves
