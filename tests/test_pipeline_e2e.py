@@ -1,0 +1,163 @@
+"""The pipeline end to end, as a user runs it: DVC and Snakemake in a temp git copy of the repo, tiny params."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+PER_CLASS = 6
+TINY = {"epochs": 1, "batch_size": 4, "resize": {"img_size": 32}, "split": {"folds": 2, "fold_ids": [0, 1]}}
+STAGES = {"normalise", "composite", "resize", "split", "train@0", "train@1", "aggregate", "report"}
+DATA_OUTPUTS = ["data/interim/manifest.csv", "data/processed/folds.csv"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def env_for(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    # The venv's tools (dvc, snakemake, python) first, as after activating it.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    return env
+
+
+def deep_update(target: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def make_project(root: Path) -> Path:
+    """The repo's tracked files, a few demo images per class and tiny params, committed to a fresh git repo."""
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).splitlines()
+    for name in listed:
+        if name.startswith(("data/", "tests/", ".dvc/")) or name == "dvc.lock" or not (REPO / name).is_file():
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    labels = pd.read_csv(REPO / params["data"]["labels"], dtype=str)
+    subset = labels.groupby("label", group_keys=False).head(PER_CLASS)
+    raw = root / params["data"]["raw_dir"]
+    raw.mkdir(parents=True)
+    for name in subset["file"]:
+        shutil.copy2(REPO / params["data"]["raw_dir"] / name, raw / name)
+    subset.to_csv(root / params["data"]["labels"], index=False)
+    deep_update(params, TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = env_for(root)
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "tiny project"], root, env)
+    return root
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def mlflow_runs(db: Path) -> list[tuple[str, str, str | None]]:
+    """(run id, run name, parent run id) of every run in the store."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT r.run_uuid, r.name, t.value FROM runs r LEFT JOIN tags t "
+            "ON t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'"
+        ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("dvc"))
+    output = run(["dvc", "repro"], root, env_for(root))
+    assert stages_run(output) == STAGES
+    return root
+
+
+def test_dvc_repro_produces_every_output(dvc_project: Path) -> None:
+    for fold in (0, 1):
+        for name in ("model.pt", "metrics.json", "history.csv", "predictions.csv"):
+            assert (dvc_project / f"results/train/fold_{fold}/{name}").is_file()
+    for name in ("metrics.json", "confusion.csv", "roc.csv", "predictions.csv"):
+        assert (dvc_project / "results/aggregate" / name).is_file()
+    html = (dvc_project / "reports/report.html").read_text()
+    assert "<html" in html.lower() and "data:image/png;base64," in html
+    assert len(pd.read_csv(dvc_project / "results/aggregate/predictions.csv")) == 2 * PER_CLASS
+
+
+def test_second_dvc_repro_reruns_nothing(dvc_project: Path) -> None:
+    output = run(["dvc", "repro"], dvc_project, env_for(dvc_project))
+    assert stages_run(output) == set()
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], dvc_project, env_for(dvc_project))
+
+
+def test_dvc_exp_run_reruns_training_only_and_links_mlflow_runs(dvc_project: Path) -> None:
+    env = env_for(dvc_project)
+    run(["git", "add", "-A"], dvc_project, env)
+    run(["git", "commit", "-q", "-m", "first run"], dvc_project, env)
+    before = mlflow_runs(dvc_project / "mlflow.db")
+
+    output = run(["dvc", "exp", "run", "-S", "lr=0.002", "--name", "lr-test"], dvc_project, env)
+    assert stages_run(output) == {"train@0", "train@1", "aggregate", "report"}
+    assert "lr-test" in run(["dvc", "exp", "show", "--csv"], dvc_project, env)
+
+    new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
+    parents = [r for r in new if r[2] is None]
+    assert [p[1] for p in parents] == ["lr-test"]
+    children = [r for r in new if r[2] is not None]
+    assert sorted(c[1] for c in children) == ["fold-0", "fold-1"]
+    assert {c[2] for c in children} == {parents[0][0]}
+
+
+def test_temp_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:
+    env = env_for(dvc_project)
+    before = mlflow_runs(dvc_project / "mlflow.db")
+    run(["dvc", "exp", "run", "--temp", "-S", "lr=0.003", "--name", "lr-temp"], dvc_project, env)
+    new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
+    assert sorted(r[1] for r in new) == ["fold-0", "fold-1", "lr-temp"]
+    assert not list((dvc_project / ".dvc/tmp").rglob("mlflow.db"))
+
+
+def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(
+    dvc_project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = make_project(tmp_path_factory.mktemp("snakemake"))
+    env = env_for(root)
+    run(["snakemake", "--cores", "2"], root, env)
+    for name in DATA_OUTPUTS:
+        assert (root / name).read_bytes() == (dvc_project / name).read_bytes(), name
+    images = sorted(p.name for p in (dvc_project / "data/processed/images").iterdir())
+    assert sorted(p.name for p in (root / "data/processed/images").iterdir()) == images
+    for name in images:
+        assert (root / "data/processed/images" / name).read_bytes() == (
+            dvc_project / "data/processed/images" / name
+        ).read_bytes()
+    assert (root / "reports/report.html").is_file()
+
+    assert "Nothing to be done" in run(["snakemake", "--cores", "2", "--dry-run"], root, env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["lr"] = 0.002
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    plan = run(["snakemake", "--cores", "2", "--dry-run"], root, env)
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, flags=re.M))
+    assert jobs == {"train": "2", "aggregate": "1", "report": "1", "all": "1", "total": "5"}
