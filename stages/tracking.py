@@ -112,9 +112,11 @@ class FoldRun:
 
     def __init__(self, params: Mapping[str, Any], folds_csv: Path, fold: int) -> None:
         root = workspace_root()
-        self.client = MlflowClient(tracking_uri(root))
         key = pipeline_key(params, folds_csv)
+        # Under the lock: the first client to open a new sqlite store creates its tables, and folds
+        # starting side by side would race to do it.
         with _workspace_lock(root):
+            self.client = MlflowClient(tracking_uri(root))
             experiment_id = _experiment_id(self.client, params["mlflow"]["experiment"], root)
             self.parent_id = _parent_run(self.client, experiment_id, key, params)
         # Only parents carry the pipeline key, so the search above never finds a fold.
@@ -147,9 +149,10 @@ def log_aggregate(params: Mapping[str, Any], folds_csv: Path, metrics: Mapping[s
                   artifacts: list[Path]) -> str | None:
     """Log the cross-validated summary to this pipeline run's parent and close it; its run id, or None."""
     root = workspace_root()
-    client = MlflowClient(tracking_uri(root))
     key = pipeline_key(params, folds_csv)
-    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    with _workspace_lock(root):
+        client = MlflowClient(tracking_uri(root))
+        experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
     if experiment is None:
         return None
     parent_id = (_find_parent(client, experiment.experiment_id, key, running_only=True)
