@@ -49,9 +49,11 @@ def deep_update(target: dict, changes: dict) -> None:
 
 def make_project(root: Path) -> Path:
     """The repo's tracked files, a few demo images per class and tiny params, committed to a fresh git repo."""
-    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).splitlines()
-    for name in listed:
-        if name.startswith(("data/", "tests/", ".dvc/")) or name == "dvc.lock" or not (REPO / name).is_file():
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO).split("\0")
+    for name in filter(None, listed):
+        # Neither the demo run's outputs and lock nor the full demo data: this project starts from nothing.
+        generated = name.startswith(("data/", "tests/", "results/", "reports/", ".dvc/")) or name == "dvc.lock"
+        if generated or not (REPO / name).is_file():
             continue
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
