@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -138,6 +139,20 @@ def test_temp_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:
     new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
     assert sorted(r[1] for r in new) == ["fold-0", "fold-1", "lr-temp"]
     assert not list((dvc_project / ".dvc/tmp").rglob("mlflow.db"))
+
+
+def test_queued_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:
+    env = env_for(dvc_project)
+    before = mlflow_runs(dvc_project / "mlflow.db")
+    run(["dvc", "exp", "run", "--queue", "-S", "lr=0.004", "--name", "lr-queued"], dvc_project, env)
+    run(["dvc", "queue", "start"], dvc_project, env)
+    deadline = time.monotonic() + 600
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], dvc_project, env)):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert re.search(r"lr-queued\b[^\n]*\bSuccess", status), status
+    new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
+    assert sorted(r[1] for r in new) == ["fold-0", "fold-1", "lr-queued"]
 
 
 def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(
