@@ -11,11 +11,15 @@ from PIL import Image, ImageOps
 from stages.errors import DataError
 from stages.files import atomic_dir
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Clutter that file managers drop into photo folders; anything starting with "." is hidden too.
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
 # Greyscale modes whose samples span 16 bits: Pillow's own convert() clips them at 255 (all white).
 GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+# prepare_input shrinks a larger image (keeping its aspect) before padding, so that the padded square,
+# side * side * 3 bytes, stays small: a 20000x200 strip would otherwise pad to 1.2 GB. 4096 >= any img_size.
+MAX_PAD_SIDE = 4096
 
 RGB = tuple[int, int, int]
 
@@ -26,14 +30,27 @@ def output_name(name: str) -> str:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted by name; hidden/system junk skipped, anything else refused."""
+    """Image files directly in `folder`, sorted by name; hidden/system junk skipped, anything else refused.
+
+    A symlink is followed when it points to a file inside `folder` (resolved), and refused when it points
+    outside it or nowhere: the pipeline reads only what the folder holds.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found; check the path (run stages from the repository root).")
     images, unexpected = [], []
+    root = folder.resolve()
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name.lower() in JUNK_NAMES:
             continue
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                unexpected.append(f"{path.name} (symlink to {target}, outside the folder: copy the file in instead)")
+                continue
+            if not target.exists():
+                unexpected.append(f"{path.name} (broken symlink to {target}: remove it)")
+                continue
         if path.is_dir():
             unexpected.append(f"{path.name}/ (sub-folder: move its images up, the folder must be flat)")
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -69,10 +86,11 @@ def composite_on_background(img: Image.Image, background: RGB) -> Image.Image:
     """Upright (EXIF-applied) RGB image of the first frame of `img`, alpha-blended onto `background`."""
     img.seek(0)  # multi-frame files (GIF, TIFF, WebP): the photo is the first frame
     rgb, alpha = _rgb_and_alpha(ImageOps.exif_transpose(img))
-    a = alpha[..., None].astype(np.uint32)
-    bg = np.asarray(background, dtype=np.uint32)
+    a = alpha[..., None].astype(np.uint16)
+    bg = np.asarray(background, dtype=np.uint16)
     # Integer blend with rounding: alpha 0 gives exactly the background, alpha 255 exactly the source.
-    out = (rgb.astype(np.uint32) * a + bg * (255 - a) + 127) // 255
+    # At most 255 * 255 + 127 = 65152, so uint16 holds it (half the memory of uint32 on a large photo).
+    out = (rgb.astype(np.uint16) * a + bg * (255 - a) + 127) // 255
     return Image.fromarray(out.astype(np.uint8), "RGB")
 
 
@@ -96,9 +114,22 @@ def resize_square(img: Image.Image, img_size: int) -> Image.Image:
     return img.resize((img_size, img_size), Image.Resampling.LANCZOS)
 
 
+def shrink_long_side(img: Image.Image, max_side: int) -> Image.Image:
+    """`img` resized (Lanczos, aspect kept, each side at least 1 px) so its longer side is at most max_side."""
+    side = max(img.size)
+    if side <= max_side:
+        return img
+    size = tuple(max(1, round(length * max_side / side)) for length in img.size)
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def prepare_input(img: Image.Image, background: RGB, img_size: int) -> Image.Image:
-    """Model input: padded (not stretched, not cropped) to a square, then resized."""
-    return resize_square(pad_to_square(img, background), img_size)
+    """Model input: padded (not stretched, not cropped) to a square, then resized.
+
+    An image longer than MAX_PAD_SIDE is first shrunk to that long side (still far above img_size), so the
+    padded square never takes more than MAX_PAD_SIDE**2 * 3 bytes (50 MB); smaller images are padded as is.
+    """
+    return resize_square(pad_to_square(shrink_long_side(img, MAX_PAD_SIDE), background), img_size)
 
 
 def map_folder(in_dir: Path, out_dir: Path, transform: Callable[[Image.Image], Image.Image]) -> int:

@@ -181,6 +181,18 @@ def data_section(manifest: pd.DataFrame) -> str:
     return table(["Class", "Images", "Share"], classes) + table(["Raw photos", ""], facts)
 
 
+def skipped_section(skipped: pd.DataFrame) -> str:
+    """The images the normalise stage left out (data.on_bad_image: skip), with the reason; "" if none."""
+    if skipped.empty:
+        return ""
+    rows = [[row.original_name, row.label, row.skipped] for row in skipped.itertuples()]
+    return (
+        f"<h3>Skipped files ({len(rows)})</h3>"
+        '<p class="note">Unusable images left out of training and evaluation (data.on_bad_image: skip).</p>'
+        + table(["Original name", "Label", "Reason"], rows)
+    )
+
+
 def folds_section(summary: dict[str, Any], metrics: list[str]) -> str:
     rows = [
         [name.removeprefix("fold_"), fold["n_images"], *(num(fold.get(metric)) for metric in metrics)]
@@ -277,7 +289,16 @@ def build_report(
     predictions = read_table(
         aggregate_dir / "predictions.csv", ["file", "label", "fold", "predicted", *probs], numeric=probs
     )
-    manifest = read_table(manifest_csv, MANIFEST_COLUMNS, numeric=["width", "height"])
+    manifest = read_table(manifest_csv, MANIFEST_COLUMNS)
+    if "skipped" not in manifest.columns:
+        manifest = manifest.assign(skipped="")
+    skipped = manifest[manifest["skipped"] != ""]
+    manifest = manifest[manifest["skipped"] == ""].copy()
+    for column in ("width", "height"):
+        values = pd.to_numeric(manifest[column], errors="coerce")
+        if values.isna().any():
+            raise DataError(f"{manifest_csv}: column {column!r} holds a non-number for a kept image; {RERUN}.")
+        manifest[column] = values.astype(int)
     runs = [read_json(train_dir / f"fold_{fold}" / "metrics.json") for fold in range(folds)]
     histories = [
         read_table(train_dir / f"fold_{fold}" / "history.csv", HISTORY_COLUMNS, numeric=HISTORY_COLUMNS)
@@ -306,6 +327,7 @@ def build_report(
         ),
         params=esc(yaml.dump(params, Dumper=ParamsDumper, sort_keys=False, allow_unicode=True)),
         data=data_section(manifest),
+        skipped=skipped_section(skipped),
         folds_note=esc(
             f"Each fold's model is scored on the images it never saw; {scores}. "
             f"Mean ± sample standard deviation over folds (a metric undefined on a fold, shown as —, is left out); "

@@ -19,7 +19,12 @@ FIX = "lower split.folds (and split.fold_ids) in params.yaml or add images"
 
 
 def fold_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Columns file, label[, group] from a manifest; `file` is the name the composite/resize stages write."""
+    """Columns file, label[, group] from a manifest; `file` is the name the composite/resize stages write.
+
+    Rows the normalise stage skipped (a reason in `skipped`: data.on_bad_image: skip) have no image: left out.
+    """
+    if "skipped" in manifest.columns:
+        manifest = manifest[manifest.skipped.fillna("") == ""]
     columns = ["label", "group"] if "group" in manifest.columns else ["label"]
     return manifest[columns].assign(file=manifest.normalised_name.map(output_name))[["file", *columns]]
 
@@ -34,7 +39,10 @@ def _check(table: pd.DataFrame, folds: int, grouped: bool) -> None:
         raise DataError(f"no group for {missing}; fill in every group in the labels CSV or none.")
     counts = table.groupby("label").size()
     if len(counts) < 2:
-        raise DataError(f"every photo has label {counts.index[0]!r}; a classifier needs at least two classes.")
+        raise DataError(
+            f"every photo has label {counts.index[0]!r}; a classifier needs at least two classes: "
+            "add photos of another class or fix the labels CSV."
+        )
     unit = "photo"
     if grouped:
         if table.group.nunique() < folds:

@@ -104,15 +104,15 @@ def test_build_manifest(raw: Path, tmp_path: Path) -> None:
     assert list(manifest.columns) == [*MANIFEST_COLUMNS, "group"]
     assert manifest.to_dict("records") == [
         {"original_name": "a.jpg", "normalised_name": "a.jpg", "label": "0", "sha256": sha256_file(raw / "a.jpg"),
-         "width": 4, "height": 4, "mode": "RGB", "collision": "a", "group": "g3"},
+         "width": 4, "height": 4, "mode": "RGB", "collision": "a", "skipped": "", "group": "g3"},
         {"original_name": "a.png", "normalised_name": "a_2.png", "label": "1", "sha256": sha256_file(raw / "a.png"),
-         "width": 3, "height": 2, "mode": "RGBA", "collision": "a", "group": "g1"},
+         "width": 3, "height": 2, "mode": "RGBA", "collision": "a", "skipped": "", "group": "g1"},
         {"original_name": "IMG_3 (2).PNG", "normalised_name": "img_3_2.png", "label": "1",
          "sha256": sha256_file(raw / "IMG_3 (2).PNG"), "width": 5, "height": 4, "mode": "RGBA", "collision": "",
-         "group": "g1"},
+         "skipped": "", "group": "g1"},
         {"original_name": "零件 7.png", "normalised_name": "ling_jian_7.png", "label": "0",
          "sha256": sha256_file(raw / "零件 7.png"), "width": 2, "height": 6, "mode": "RGB", "collision": "",
-         "group": "g2"},
+         "skipped": "", "group": "g2"},
     ]  # fmt: skip
 
 
@@ -177,7 +177,7 @@ def test_labels_file_problems(tmp_path: Path) -> None:
 def test_unreadable_images_and_subfolders(raw: Path, tmp_path: Path) -> None:
     rows = ["IMG_3 (2).PNG,1", "零件 7.png,0", "a.png,1", "a.jpg,0", "broken.png,1"]
     (raw / "broken.png").write_bytes(b"not a png")
-    assert "broken.png: unreadable image" in problems_for(raw, tmp_path, rows)
+    assert "broken.png: not an image Pillow can read" in problems_for(raw, tmp_path, rows)
     (raw / "more").mkdir()
     assert "more/ (sub-folder" in problems_for(raw, tmp_path, rows)
 

@@ -78,7 +78,8 @@ def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binar
     assert "<td>Renamed because names collided</td><td>1</td>" in page
     assert "<td>Non-ASCII original names</td><td>2</td>" in page
     assert "<td>Width (px)</td><td>400 to 470</td>" in page
-    assert "\nlr: 0.001\n" in page and "  background: [0, 0, 0]\n" in page and "    flip: true\n" in page
+    lr = load_params(tmp_path / "params.yaml")["lr"]  # whatever the repository's params.yaml holds
+    assert f"\nlr: {lr}\n" in page and "  background: [0, 0, 0]\n" in page and "    flip: true\n" in page
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path, binary: list[Path]) -> None:
@@ -124,3 +125,17 @@ def test_missing_history_is_a_clear_error(tmp_path: Path, binary: list[Path], mo
         main()
     assert str(exit_.value.code).startswith("error: ") and "fold_1/history.csv not found" in str(exit_.value.code)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_lists_skipped_files(tmp_path: Path, binary: list[Path]) -> None:
+    manifest_csv = binary[0]
+    manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False).assign(skipped="")
+    skipped = {"original_name": "<i>broken</i>.png", "label": "1", "skipped": "empty file (0 bytes)"}
+    manifest = pd.concat([manifest, pd.DataFrame([skipped])], ignore_index=True).fillna("")
+    manifest.to_csv(manifest_csv, index=False)
+    page = report(tmp_path, binary)
+    assert "<h3>Skipped files (1)</h3>" in page
+    assert "<td>&lt;i&gt;broken&lt;/i&gt;.png</td><td>1</td><td>empty file (0 bytes)</td>" in page
+    assert "<td>Images</td><td>8</td>" in page  # the data summary counts the images that were used
+    manifest.iloc[:-1].to_csv(manifest_csv, index=False)  # a skipped column, nothing skipped: no section
+    assert "Skipped files" not in report(tmp_path, binary)

@@ -35,6 +35,8 @@ rule normalise:
     output:
         images=directory("data/interim/named"),
         manifest="data/interim/manifest.csv",
+    params:
+        tracked=tracked("data.on_bad_image", "data.classes"),
     log:
         "logs/normalise.log",
     shell:
