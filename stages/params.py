@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,30 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
     return params
 
 
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver: a torch-free check any stage can afford."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() or shutil.which("nvidia-smi") is not None
+
+
+def check_machine(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
+    """Refuse `train.device: cuda` on a machine without a GPU at the first stage, not after data prep.
+
+    The train stage checks again with torch itself (a CPU-only torch build on a GPU machine, say).
+    """
+    if params["train"]["device"] == "cuda" and not nvidia_driver_present():
+        raise ParamsError(
+            f"{source}: train.device is `cuda` but this machine has no NVIDIA driver (no nvidia-smi, no "
+            "/proc/driver/nvidia); set train.device to `auto` (CUDA when present) or `cpu`."
+        )
+    return params
+
+
 def load_params(path: Path = PARAMS_PATH) -> dict[str, Any]:
-    """Read and validate the whole params file."""
+    """Read and validate the whole params file, and check it against this machine."""
     try:
         params = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ParamsError(f"{path} not found: run stages from the repository root, where params.yaml lives.") from err
     if not isinstance(params, dict):
         raise ParamsError(f"{path} must hold a mapping of keys to values.")
-    return validate_params(params, str(path))
+    return check_machine(validate_params(params, str(path)), str(path))

@@ -96,6 +96,19 @@ def test_load_params_reports_missing_file(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
 
 
+def test_cuda_on_a_machine_without_a_gpu_stops_the_first_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = repo_params()
+    params["train"]["device"] = "cuda"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr("stages.params.nvidia_driver_present", lambda: False)
+    with pytest.raises(ParamsError, match=r"train\.device is `cuda` but this machine has no NVIDIA driver"):
+        load_params(tmp_path / "params.yaml")
+    monkeypatch.setattr("stages.params.nvidia_driver_present", lambda: True)
+    assert load_params(tmp_path / "params.yaml")["train"]["device"] == "cuda"
+
+
 def test_class_order_is_numeric_when_labels_are_integers() -> None:
     assert class_order(["1", "0", "10", "2", "1"]) == ["0", "1", "2", "10"]
     assert class_order(["no_burr", "burr"]) == ["burr", "no_burr"]
