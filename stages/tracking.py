@@ -5,6 +5,11 @@ run. Each fold finds-or-creates the parent under a file lock, keyed by what defi
 DVC experiment name, the params and the fold assignment), and logs into its own child run through
 MlflowClient, which ignores a leftover MLFLOW_RUN_ID (mlflow#15713). Aggregate logs the summary to the
 parent and closes it.
+
+Tracking must never cost a trained fold. An unreachable store (a bad MLFLOW_TRACKING_URI, a server that is
+down, a sqlite file in a folder that cannot be created) stops the fold before training, with one line naming
+the URI. If MLflow fails later, while logging epochs or artifacts, the fold warns once, stops talking to
+MLflow, still writes its outputs and records the failure in its metrics.json.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from stages.errors import UserError
 
 if TYPE_CHECKING:  # models imports torch, which aggregate must not pay for
     from stages.models import Weights
@@ -30,6 +39,15 @@ RUN_NAME_TAG = "mlflow.runName"
 # DVC runs `--temp` and `--queue` experiments in a copy under <workspace>/.dvc/tmp/exps/.
 DVC_EXP_TMP = (".dvc", "tmp", "exps")
 BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
+# MLflow's own defaults (7 retries with exponential backoff, 120 s per request) spend minutes on a dead
+# server. The start-up probe tries once; epoch and artifact logging ride out a short blip. A user's own
+# MLFLOW_HTTP_REQUEST_* settings win.
+PROBE_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+LOGGING_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class TrackingUnavailable(UserError):
+    """The MLflow tracking store cannot be reached or opened."""
 
 
 def workspace_root(cwd: Path | None = None) -> Path:
@@ -44,6 +62,32 @@ def workspace_root(cwd: Path | None = None) -> Path:
 
 def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def shown_uri(uri: str) -> str:
+    """The URI without any user:password, fit for messages."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as one short line: MLflow's messages can run to many lines of HTTP detail."""
+    text = " ".join(str(err).split()) or "no details"
+    return f"{type(err).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+@contextmanager
+def _http_limits(limits: Mapping[str, str]) -> Iterator[None]:
+    """Set MLflow's HTTP retry and timeout env vars for the calls inside, unless the user has set them."""
+    added = [name for name in limits if name not in os.environ]
+    os.environ.update({name: limits[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -107,42 +151,104 @@ def _parent_run(client: MlflowClient, experiment_id: str, key: str, params: Mapp
     return run.info.run_id
 
 
+def _close_killed_attempts(client: MlflowClient, experiment_id: str, parent_id: str, fold: int) -> None:
+    """A fold killed outright (SIGKILL, power loss) leaves its run RUNNING; its rerun marks it KILLED.
+
+    DVC and Snakemake never run one fold of one pipeline run twice at once, so a RUNNING sibling is dead.
+    """
+    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' and tags.fold = '{fold}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], query):
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
 class FoldRun:
-    """A fold's child run: params at start, metrics once per epoch, artifacts and status at the end."""
+    """A fold's child run: params at start, metrics once per epoch, artifacts and status at the end.
+
+    Creating it is the reachability check: it raises TrackingUnavailable before any training. After that,
+    an MLflow error never propagates: the first one is printed as a warning, kept in `status`, and the run
+    stops logging.
+    """
 
     def __init__(self, params: Mapping[str, Any], folds_csv: Path, fold: int) -> None:
         root = workspace_root()
         key = pipeline_key(params, folds_csv)
-        # Under the lock: the first client to open a new sqlite store creates its tables, and folds
-        # starting side by side would race to do it.
-        with _workspace_lock(root):
-            self.client = MlflowClient(tracking_uri(root))
-            experiment_id = _experiment_id(self.client, params["mlflow"]["experiment"], root)
-            self.parent_id = _parent_run(self.client, experiment_id, key, params)
-        # Only parents carry the pipeline key, so the search above never finds a fold.
-        tags = {PARENT_RUN_TAG: self.parent_id, "fold": str(fold)}
-        self.run_id = self.client.create_run(experiment_id, run_name=f"fold-{fold}", tags=tags).info.run_id
-        _log_params(self.client, self.run_id, {**flatten(params), "fold": str(fold)})
+        uri = tracking_uri(root)
+        self.failure: str | None = None
+        try:
+            with _http_limits(PROBE_LIMITS):
+                # Under the lock: the first client to open a new sqlite store creates its tables, and folds
+                # starting side by side would race to do it.
+                with _workspace_lock(root):
+                    self.client = MlflowClient(uri)
+                    experiment_id = _experiment_id(self.client, params["mlflow"]["experiment"], root)
+                    self.parent_id = _parent_run(self.client, experiment_id, key, params)
+                # Only parents carry the pipeline key, so the search above never finds a fold.
+                _close_killed_attempts(self.client, experiment_id, self.parent_id, fold)
+                tags = {PARENT_RUN_TAG: self.parent_id, "fold": str(fold)}
+                self.run_id = self.client.create_run(experiment_id, run_name=f"fold-{fold}", tags=tags).info.run_id
+                _log_params(self.client, self.run_id, {**flatten(params), "fold": str(fold)})
+        except Exception as err:  # any store, any failure: the message below is what the user can act on
+            if os.environ.get("MLFLOW_TRACKING_URI"):
+                advice = ("fix MLFLOW_TRACKING_URI (or start its server), "
+                          f"or unset it to track into sqlite:///{root / 'mlflow.db'}")
+            else:
+                advice = f"make {root} writable, or set MLFLOW_TRACKING_URI to a reachable tracking server"
+            raise TrackingUnavailable(
+                f"MLflow tracking at {shown_uri(uri)} is unreachable ({_reason(err)}); nothing was trained: {advice}."
+            ) from err
+
+    @property
+    def status(self) -> str:
+        """`ok`, or `failed: <when>: <why>` once any MLflow call has failed."""
+        return self.failure or "ok"
+
+    def _failed(self, when: str, err: BaseException) -> None:
+        self.failure = f"failed: {when}: {_reason(err)}"
+        print(f"warning: MLflow {self.failure}. Training goes on and the fold's outputs are still written; "
+              f"its MLflow run {self.run_id} stays incomplete.", file=sys.stderr, flush=True)
+        self._terminate(RunStatus.FAILED)
+
+    def _terminate(self, status: int) -> None:
+        """Best effort: a store that just failed may well fail again, and that must not cost anything."""
+        try:
+            with _http_limits(PROBE_LIMITS):
+                self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+        except Exception:  # already reported, or about to be replaced by the error that got us here
+            pass
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self.failure:
+            return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        try:
+            with _http_limits(LOGGING_LIMITS):
+                self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as err:
+            self._failed(f"logging epoch {epoch}", err)
 
-    def finish(self, weights: Weights, artifacts: list[Path]) -> None:
+    def finish(self, weights: Weights, artifacts: list[Path]) -> str:
+        """Log the weights and artifacts and close the run; the final `status`."""
+        if self.failure:
+            return self.status
         tags = [RunTag("weights.name", weights.name), RunTag("weights.sha256", weights.sha256 or "none")]
-        self.client.log_batch(self.run_id, tags=tags)
-        for path in artifacts:
-            self.client.log_artifact(self.run_id, str(path))
-        self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        try:
+            with _http_limits(LOGGING_LIMITS):
+                self.client.log_batch(self.run_id, tags=tags)
+                for path in artifacts:
+                    self.client.log_artifact(self.run_id, str(path))
+                self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        except Exception as err:
+            self._failed("logging artifacts", err)
+        return self.status
 
     def __enter__(self) -> FoldRun:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         # Any failure, a Ctrl-C included, leaves the child marked FAILED rather than RUNNING forever.
-        if exc_type is not None:
-            self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FAILED))
+        if exc_type is not None and not self.failure:
+            self._terminate(RunStatus.FAILED)
 
 
 def log_aggregate(params: Mapping[str, Any], folds_csv: Path, metrics: Mapping[str, float],

@@ -1,10 +1,17 @@
-"""Train one fold: fine-tune an ImageNet-pretrained CNN on the other folds, predict the held-out one."""
+"""Train one fold: fine-tune an ImageNet-pretrained CNN on the other folds, predict the held-out one.
+
+After every epoch the fold saves `checkpoint.pt` (model, optimiser, RNG states, history, best-so-far) into its
+output folder, atomically. A rerun after a crash or a kill resumes from it when it was made from the same
+params, fold assignment, images and training code, and then ends exactly as an uninterrupted run would on
+CPU. The checkpoint is deleted once the fold's outputs are written.
+"""
 
 from __future__ import annotations
 
 import argparse
-import copy
+import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from stages import models
 from stages.classes import class_order, prob_column
 from stages.errors import UserError, user_errors
 from stages.files import atomic_path, write_text_atomic
@@ -25,6 +33,7 @@ from stages.params import load_params
 from stages.tables import HISTORY_COLUMNS, read_table
 
 EVAL_BATCH = 64
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainError(UserError):
@@ -40,6 +49,59 @@ def select_device(preference: str) -> torch.device:
     if preference == "cpu":
         return torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """`train.deterministic`: deterministic kernels and no cuDNN autotuning, or cuDNN's fastest on CUDA.
+
+    CPU training is reproducible either way. On CUDA, torch flags the backward of global average pooling
+    (in every backbone here) as lacking a deterministic kernel; with a 1x1 output each input gets exactly one
+    addition, so it is reproducible in practice, and `warn_only` lets it run with a warning instead of failing.
+    """
+    if deterministic:
+        # cuBLAS reads this when CUDA first creates its handle, so it must be set before any CUDA work.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+
+
+def fingerprint(params: dict[str, Any], folds: pd.DataFrame, fold: int, device: torch.device,
+                images: list[torch.Tensor]) -> str:
+    """What a checkpoint must have been made from to be resumed: params, fold assignment, fold, images, code."""
+    digest = hashlib.sha256()
+    for module in (__file__, models.__file__):  # training code that changed since the checkpoint: start over
+        digest.update(Path(module).read_bytes())
+    settings = {"params": {k: v for k, v in params.items() if k != "mlflow"}, "fold": fold,
+                "device": device.type, "torch": torch.__version__}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(folds[["file", "label", "fold"]].to_csv(index=False).encode())
+    for tensor in images:
+        digest.update(tensor.contiguous().cpu().numpy().data)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it can be resumed from; otherwise None, saying why it is ignored."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a kill mid-save; one writer per fold
+        stale.unlink(missing_ok=True)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a checkpoint is only ever a shortcut: never let a bad one stop training
+        print(f"ignoring {path}: it cannot be read ({type(err).__name__}); training from the start", flush=True)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != expected:
+        print(f"ignoring {path}: it was made with other params, folds, images or code; training from the start",
+              flush=True)
+        return None
+    return state
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_images(images_dir: Path, files: list[str]) -> torch.Tensor:
@@ -118,22 +180,30 @@ class FoldResult:
 
 def train_fold(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[str, Any],
                on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+               checkpoint: Path | None = None,
                ) -> tuple[FoldResult, Built, list[str]]:
-    """Fine-tune on every fold but `fold`, evaluating on `fold` after each epoch."""
+    """Fine-tune on every fold but `fold`, evaluating on `fold` after each epoch.
+
+    With `checkpoint`, the state after every epoch is saved there, and a matching checkpoint found at the
+    start is resumed from: its epochs are replayed to `on_epoch`, then training continues where it stopped.
+    """
     if fold not in set(folds["fold"]):
         raise TrainError(f"fold {fold} has no images in the folds CSV (folds present: {sorted(set(folds['fold']))}).")
     classes = class_order(folds["label"])
     index = {c: i for i, c in enumerate(classes)}
     train_rows, val_rows = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
     device = select_device(params["train"]["device"])
+    configure_determinism(params["train"]["deterministic"], device)  # before any CUDA work
     seed = params["seed"] + fold
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
     built = build_model(params["model"], len(classes), params["pretrained"], params["resize"]["img_size"])
     model, normalisation = built.model.to(device), built.normalisation
-    train_x = load_images(images_dir, list(train_rows["file"])).to(device)
-    val_x = load_images(images_dir, list(val_rows["file"])).to(device)
+    train_x = load_images(images_dir, list(train_rows["file"]))
+    val_x = load_images(images_dir, list(val_rows["file"]))
+    expected = fingerprint(params, folds, fold, device, [train_x, val_x])
+    train_x, val_x = train_x.to(device), val_x.to(device)
     train_y = torch.tensor([index[c] for c in train_rows["label"]], device=device)
     val_y = torch.tensor([index[c] for c in val_rows["label"]], device=device)
 
@@ -141,8 +211,23 @@ def train_fold(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[st
     augment_params = params["train"]["augment"]
     batch_size, epochs = params["batch_size"], params["epochs"]
     history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor], torch.Tensor] | None = None
-    for epoch in range(1, epochs + 1):
+    best: dict[str, Any] | None = None
+    probabilities = torch.empty(0)
+    state = load_checkpoint(checkpoint, expected) if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history, best, probabilities = state["history"], state["best"], state["probabilities"]
+        print(f"fold {fold}: resuming from {checkpoint} after epoch {state['epoch']}/{epochs}", flush=True)
+        if on_epoch is not None:  # so a new tracking run still carries the whole curve
+            for row in history:
+                on_epoch(int(row["epoch"]), row)
+    resumed_from = len(history)
+    for epoch in range(resumed_from + 1, epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(train_x), generator=generator).to(device)
@@ -166,13 +251,20 @@ def train_fold(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[st
         print(f"fold {fold} epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
               f"  | val loss {val_loss:.4f} acc {val_accuracy:.3f}  ({time.perf_counter() - started:.1f} s)",
               flush=True)
+        if params["train"]["keep"] == "best" and (best is None or val_loss < best["val_loss"]):
+            best = {"val_loss": val_loss, "epoch": epoch, "probabilities": probabilities,
+                    "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "fingerprint": expected, "epoch": epoch, "history": history, "best": best,
+                "probabilities": probabilities, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else []})
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if params["train"]["keep"] == "best" and (best is None or val_loss < best[0]):
-            best = (val_loss, epoch, copy.deepcopy(model.state_dict()), probabilities)
 
     if best is not None:
-        _, epoch_kept, state_dict, probabilities = best
+        epoch_kept, state_dict, probabilities = best["epoch"], best["state_dict"], best["probabilities"]
     else:
         epoch_kept, state_dict = epochs, model.state_dict()
     state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
@@ -181,6 +273,7 @@ def train_fold(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[st
         "val_loss": history[epoch_kept - 1]["val_loss"], "val_accuracy": history[epoch_kept - 1]["val_accuracy"],
         "n_train": len(train_rows), "n_val": len(val_rows), "device": str(device),
         "weights": {"name": built.weights.name, "sha256": built.weights.sha256},
+        "resumed_from_epoch": resumed_from,
     }
     return FoldResult(history, probabilities, state_dict, epoch_kept, metrics), built, classes
 
@@ -193,6 +286,10 @@ def predictions_table(val_rows: pd.DataFrame, probabilities: torch.Tensor, class
     return table
 
 
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+
+
 def write_outputs(out_dir: Path, result: FoldResult, built: Built, classes: list[str], val_rows: pd.DataFrame,
                   params: dict[str, Any]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +300,7 @@ def write_outputs(out_dir: Path, result: FoldResult, built: Built, classes: list
                   "epoch": result.epoch_kept, "state_dict": result.state_dict}
     with atomic_path(paths[0]) as tmp:
         torch.save(checkpoint, tmp)
-    write_text_atomic(paths[1], json.dumps(result.metrics, indent=2) + "\n")
+    write_metrics(paths[1], result.metrics)
     write_text_atomic(paths[2], pd.DataFrame(result.history, columns=HISTORY_COLUMNS).to_csv(index=False))
     write_text_atomic(paths[3], predictions_table(val_rows, result.probabilities, classes).to_csv(index=False))
     return paths
@@ -223,12 +320,20 @@ def main() -> None:
         params = load_params()
         folds = read_table(args.folds_csv, ["file", "label", "fold"], numeric=["fold"])
         select_device(params["train"]["device"])  # fail before MLflow records a run
+        checkpoint = args.out_dir / CHECKPOINT_NAME
+        # Opening the run checks that MLflow is reachable: an unreachable store fails here, before training.
         with FoldRun(params, args.folds_csv, args.fold) as run:
             started = time.perf_counter()
-            result, built, classes = train_fold(args.images_dir, folds, args.fold, params, on_epoch=run.log_epoch)
+            result, built, classes = train_fold(args.images_dir, folds, args.fold, params, on_epoch=run.log_epoch,
+                                                checkpoint=checkpoint)
             result.metrics["seconds"] = round(time.perf_counter() - started, 1)
+            result.metrics["mlflow"] = run.status
+            # Outputs first, MLflow after: a tracking failure from here on costs the record, never the fold.
             paths = write_outputs(args.out_dir, result, built, classes, folds[folds["fold"] == args.fold], params)
-            run.finish(built.weights, paths)
+            checkpoint.unlink(missing_ok=True)
+            if run.finish(built.weights, paths) != result.metrics["mlflow"]:
+                result.metrics["mlflow"] = run.status
+                write_metrics(paths[1], result.metrics)
 
 
 if __name__ == "__main__":

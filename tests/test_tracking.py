@@ -59,7 +59,7 @@ def test_folds_share_one_parent_which_aggregate_completes(workspace: Path, monke
             run.log_epoch(1, {"train_loss": 0.5, "val_loss": 0.6})
             run.log_epoch(2, {"train_loss": 0.4, "val_loss": 0.5})
             (workspace / f"history_{fold}.csv").write_text("epoch\n1\n")
-            run.finish(WEIGHTS, [workspace / f"history_{fold}.csv"])
+            assert run.finish(WEIGHTS, [workspace / f"history_{fold}.csv"]) == "ok"
         run_ids.append(run.run_id)
     assert run.parent_id is not None
     parent = log_aggregate(params(), folds_csv, {"cv_accuracy_mean": 0.9}, [])

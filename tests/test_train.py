@@ -89,8 +89,12 @@ def test_tiny_fold_trains_predicts_and_is_reproducible(tiny_dataset: tuple[Path,
     assert result.probabilities.shape == (4, 2)
     assert torch.allclose(result.probabilities.sum(1), torch.ones(4))
     assert result.metrics["weights"]["sha256"] == built.weights.sha256 is not None
+    # Same data, params and seed on CPU: bit-identical probabilities, weights, history and metrics.
     again, _, _ = train_fold(images, folds, 1, params)
     assert torch.equal(result.probabilities, again.probabilities)
+    assert result.history == again.history and result.metrics == again.metrics
+    assert result.state_dict.keys() == again.state_dict.keys()
+    assert all(torch.equal(result.state_dict[k], again.state_dict[k]) for k in result.state_dict)
 
 
 def test_keep_best_returns_the_epoch_with_the_lowest_validation_loss(tiny_dataset: tuple[Path, pd.DataFrame]) -> None:

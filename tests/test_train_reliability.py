@@ -1,0 +1,325 @@
+"""Training faults and reproducibility: resume after a kill, MLflow down, same result twice, deterministic mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from stages import train
+from stages.tracking import FoldRun, TrackingUnavailable
+from stages.train import CHECKPOINT_NAME, configure_determinism, train_fold
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = ("model.pt", "metrics.json", "history.csv", "predictions.csv")
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME")
+
+
+def tiny_params(epochs: int = 3, keep: str = "last") -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update({"epochs": epochs, "batch_size": 4})
+    params["resize"]["img_size"] = 32
+    params["split"].update({"folds": 3, "fold_ids": [0, 1, 2]})
+    params["train"].update({"device": "cpu", "keep": keep})
+    return params
+
+
+def make_images(folder: Path, n: int) -> pd.DataFrame:
+    """n padded 32 px inputs: class 1 carries a bright notch at the edge, class 0 does not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        pixels = np.zeros((32, 32, 3), np.uint8)
+        pixels[12:20, 4:28] = rng.integers(90, 140, (8, 24, 3))
+        if label:
+            pixels[9:12, 25:28] = 255
+        Image.fromarray(pixels).save(folder / f"img_{i}.png")
+        rows.append({"file": f"img_{i}.png", "label": str(label), "fold": i % 3})
+    return pd.DataFrame(rows)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_a_fold_interrupted_after_epoch_k_resumes_to_the_uninterrupted_result(tmp_path: Path, keep: str) -> None:
+    folds = make_images(tmp_path / "images", 12)
+    params = tiny_params(epochs=3, keep=keep)
+    reference, _, _ = train_fold(tmp_path / "images", folds, 1, params)
+
+    checkpoint = tmp_path / "fold_1" / CHECKPOINT_NAME
+
+    def crash_after_epoch_2(epoch: int, _: dict) -> None:
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_fold(tmp_path / "images", folds, 1, params, on_epoch=crash_after_epoch_2, checkpoint=checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)  # plain tensors and containers only
+    assert saved["epoch"] == 2 and len(saved["history"]) == 2
+    assert (saved["best"] is not None) == (keep == "best")
+
+    seen: list[int] = []
+    resumed, _, _ = train_fold(tmp_path / "images", folds, 1, params, on_epoch=lambda e, _: seen.append(e),
+                               checkpoint=checkpoint)
+    assert seen == [1, 2, 3]  # the two replayed epochs, then the one trained
+    assert resumed.metrics["resumed_from_epoch"] == 2 and reference.metrics["resumed_from_epoch"] == 0
+    assert torch.equal(resumed.probabilities, reference.probabilities)
+    assert resumed.history == reference.history
+    assert resumed.epoch_kept == reference.epoch_kept
+    assert_same_weights(resumed.state_dict, reference.state_dict)
+    assert {k: v for k, v in resumed.metrics.items() if k != "resumed_from_epoch"} == {
+        k: v for k, v in reference.metrics.items() if k != "resumed_from_epoch"}
+
+
+def test_a_checkpoint_made_from_other_params_or_images_is_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folds = make_images(tmp_path / "images", 12)
+    params = tiny_params(epochs=2)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    train_fold(tmp_path / "images", folds, 0, params, checkpoint=checkpoint)
+    made = torch.load(checkpoint, weights_only=True)["fingerprint"]
+    device = torch.device("cpu")
+    images = [train.load_images(tmp_path / "images", list(folds["file"]))]
+    assert train.fingerprint(params, folds, 0, device, images) != made  # other images
+    assert train.fingerprint(params, folds, 1, device, images) != train.fingerprint(params, folds, 0, device, images)
+    moved = folds.assign(fold=folds["fold"].replace({0: 1, 1: 0}))
+    assert train.fingerprint(params, moved, 0, device, images) != train.fingerprint(params, folds, 0, device, images)
+    renamed = params | {"mlflow": {"experiment": "other"}}  # where runs are logged does not change training
+    assert train.fingerprint(renamed, folds, 0, device, images) == train.fingerprint(params, folds, 0, device, images)
+
+    capsys.readouterr()
+    other = params | {"lr": params["lr"] * 2}
+    result, _, _ = train_fold(tmp_path / "images", folds, 0, other, checkpoint=checkpoint)
+    assert "made with other params, folds, images or code; training from the start" in capsys.readouterr().out
+    assert result.metrics["resumed_from_epoch"] == 0
+    assert torch.load(checkpoint, weights_only=True)["fingerprint"] != made  # replaced by this run's own
+
+    checkpoint.write_bytes(b"not a checkpoint")
+    (tmp_path / f".{CHECKPOINT_NAME}.x1y2.tmp").write_bytes(b"left by a kill mid-save")
+    result, _, _ = train_fold(tmp_path / "images", folds, 0, params, checkpoint=checkpoint)
+    assert "cannot be read" in capsys.readouterr().out
+    assert result.metrics["resumed_from_epoch"] == 0
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.fixture
+def torch_determinism() -> Iterator[None]:
+    """Restore torch's global determinism settings, and CUBLAS_WORKSPACE_CONFIG, after the test."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+    if saved[4] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+
+
+@pytest.mark.usefixtures("torch_determinism")
+def test_train_deterministic_switches_torch_to_deterministic_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    folds = make_images(tmp_path / "images", 12)
+    params = tiny_params(epochs=1)
+    params["train"]["deterministic"] = True
+    seen: list[tuple] = []
+    train_fold(tmp_path / "images", folds, 0, params, on_epoch=lambda *_: seen.append((
+        torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))))
+    assert seen == [(True, True, False, ":4096:8")]
+
+    configure_determinism(False, torch.device("cuda"))  # only sets flags: no GPU needed
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    assert torch.backends.cudnn.benchmark  # autotuned, fastest kernels
+    configure_determinism(False, torch.device("cpu"))
+    assert not torch.backends.cudnn.benchmark
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    configure_determinism(True, torch.device("cuda"))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # a user's own setting is kept
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:///{tmp}/a_file/sub/mlflow.db"])
+def test_unreachable_mlflow_fails_at_once_naming_the_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("a file where a folder would have to be")
+    (tmp_path / "folds.csv").write_text("file,label,fold\na.png,0,0\nb.png,1,1\n")
+    uri = uri.format(tmp=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable) as err:
+        FoldRun(tiny_params(), tmp_path / "folds.csv", 0)
+    assert time.monotonic() - started < 15  # one try, not MLflow's minutes of retries
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"MLflow tracking at {uri} is unreachable" in message
+    assert "nothing was trained" in message and "MLFLOW_TRACKING_URI" in message
+
+
+# --- The CLI, as DVC and Snakemake run it, in a tiny project of its own ---------------------------------------
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TRACKING_ENV}
+    return env | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
+
+
+def train_cmd(out: str, fold: int = 1) -> list[str]:
+    return [sys.executable, "-m", "stages.train", "images", "folds.csv", str(fold), out]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params.yaml, 24 tiny images in 3 folds, and one uninterrupted run of fold 1 in `ref/`."""
+    root = tmp_path_factory.mktemp("project")
+    make_images(root / "images", 24).to_csv(root / "folds.csv", index=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=4)))
+    done = subprocess.run(train_cmd("ref"), cwd=root, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def read_metrics(folder: Path, *ignore: str) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in ("seconds", *ignore)}
+
+
+def assert_same_fold(a: Path, b: Path, *ignore: str) -> None:
+    for name in ("predictions.csv", "history.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert read_metrics(a, *ignore) == read_metrics(b, *ignore)
+    model_a, model_b = (torch.load(p / "model.pt", weights_only=True) for p in (a, b))
+    assert_same_weights(model_a.pop("state_dict"), model_b.pop("state_dict"))
+    assert model_a == model_b
+
+
+def test_two_cli_runs_give_byte_identical_predictions_and_history(project: Path) -> None:
+    done = subprocess.run(train_cmd("again"), cwd=project, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_same_fold(project / "ref", project / "again")
+    assert read_metrics(project / "ref")["mlflow"] == "ok"
+    assert not (project / "ref" / CHECKPOINT_NAME).exists()  # removed once the outputs were written
+
+
+def test_a_fold_killed_mid_training_resumes_on_rerun_to_the_same_result(project: Path) -> None:
+    out = project / "killed"
+    checkpoint = out / CHECKPOINT_NAME
+    proc = subprocess.Popen(train_cmd("killed"), cwd=project, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the fold finished before it could be killed"
+    epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epoch < 4
+    assert not any((out / name).exists() for name in OUTPUTS)  # nothing DVC or Snakemake would take as done
+
+    done = subprocess.run(train_cmd("killed"), cwd=project, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from killed/{CHECKPOINT_NAME} after epoch {epoch}/4" in done.stdout
+    assert f"fold 1 epoch {epoch}/4" not in done.stdout  # the epochs before the kill were not trained again
+    assert_same_fold(project / "ref", out, "resumed_from_epoch")
+    assert read_metrics(out)["resumed_from_epoch"] == epoch
+    assert not checkpoint.exists() and not list(out.glob(".*.tmp"))
+    # The killed attempt's MLflow run is closed as KILLED, not left RUNNING forever.
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("burrscope").experiment_id
+    statuses = [r.info.status for r in client.search_runs([experiment], "tags.fold = '1'")]
+    assert "RUNNING" not in statuses and "KILLED" in statuses
+
+
+def test_cli_with_unreachable_mlflow_stops_before_training_with_one_line(project: Path) -> None:
+    env = cli_env() | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    done = subprocess.run(train_cmd("unreachable"), cwd=project, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: MLflow tracking at http://127.0.0.1:9 is unreachable"), done.stderr
+    assert "unset it to track into sqlite:///" in lines[-1]
+    assert "Traceback" not in done.stderr and "epoch" not in done.stdout
+    assert not (project / "unreachable").exists()
+
+
+@pytest.mark.parametrize("when", ["epoch", "artifacts"])
+def test_mlflow_failing_after_the_start_never_costs_the_fold(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], when: str
+) -> None:
+    """The store answers at the start, then breaks: outputs are written all the same, and say what failed."""
+    monkeypatch.chdir(project)
+    for name in TRACKING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    log_batch = MlflowClient.log_batch
+
+    def log_batch_breaking_on_metrics(self: MlflowClient, run_id: str, metrics=(), **kwargs: object) -> None:
+        if metrics:
+            raise ConnectionError("tracking server went away")
+        log_batch(self, run_id, metrics=metrics, **kwargs)
+
+    def log_artifact_breaking(*_: object, **__: object) -> None:
+        raise ConnectionError("artifact store full")
+
+    if when == "epoch":
+        monkeypatch.setattr(MlflowClient, "log_batch", log_batch_breaking_on_metrics)
+    else:
+        monkeypatch.setattr(MlflowClient, "log_artifact", log_artifact_breaking)
+    out = f"mlflow_down_{when}"
+    monkeypatch.setattr(sys, "argv", ["train", "images", "folds.csv", "1", out])
+    train.main()  # returns normally: exit status 0, so DVC and Snakemake keep the outputs
+
+    assert all((project / out / name).is_file() for name in OUTPUTS)
+    assert not (project / out / CHECKPOINT_NAME).exists()
+    status = read_metrics(project / out)["mlflow"]
+    expected = "failed: logging epoch 1: ConnectionError" if when == "epoch" else "failed: logging artifacts"
+    assert status.startswith(expected), status
+    assert capsys.readouterr().err.count("warning: MLflow failed") == 1
+
+
+def test_model_files_load_with_weights_only_and_nothing_evals() -> None:
+    """Every torch.load in the stages passes weights_only=True; no stage calls eval or exec (params included)."""
+    import ast
+
+    loads = 0
+    for path in sorted((REPO / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            assert not (isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec")), f"{path}:{node.lineno}"
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "load" and ast.unparse(node.func) in (
+                    "torch.load", "yaml.load", "pickle.load"):
+                loads += 1
+                assert ast.unparse(node.func) == "torch.load", f"{path}:{node.lineno}: use yaml.safe_load"
+                safe = [k for k in node.keywords if k.arg == "weights_only" and ast.unparse(k.value) == "True"]
+                assert safe, f"{path}:{node.lineno}: torch.load without weights_only=True"
+    assert loads >= 3  # the two backbones' weights and the training checkpoint
