@@ -18,7 +18,6 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 from PIL import Image
-from sklearn.metrics import confusion_matrix
 
 from stages.classes import class_order, prob_column
 from stages.errors import DataError, user_errors
@@ -96,7 +95,9 @@ def thumbnail_png(path: Path) -> bytes:
 
 
 def confusion_figure(predictions: pd.DataFrame, classes: list[str]) -> Figure:
-    counts = confusion_matrix(predictions["label"], predictions["predicted"], labels=classes)
+    # Rows actual, columns predicted, every class present even if never predicted: no sklearn import for one count.
+    table = pd.crosstab(predictions["label"], predictions["predicted"])
+    counts = table.reindex(index=classes, columns=classes, fill_value=0).to_numpy()
     side = 2.4 + 0.45 * len(classes)
     fig = Figure(figsize=(side + 0.4, side), layout="constrained")
     ax = fig.subplots()
