@@ -102,9 +102,20 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def run_defining(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params that define a pipeline run: all but how its models are used afterwards.
+
+    Changing the decision threshold, the final-model choice or the registry name reruns only the stages after
+    training, which must still find the parent run their folds logged to.
+    """
+    defining = {key: value for key, value in params.items() if key != "predict"}
+    defining["mlflow"] = {key: value for key, value in params["mlflow"].items() if key != "registered_model"}
+    return defining
+
+
 def pipeline_key(params: Mapping[str, Any], folds_csv: Path) -> str:
     """Same for every fold and the aggregate of one pipeline run; different when params or folds change."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(run_defining(params), sort_keys=True).encode())
     digest.update(Path(folds_csv).read_bytes())
     digest.update(os.environ.get("DVC_EXP_NAME", "").encode())
     return digest.hexdigest()[:16]
@@ -147,7 +158,7 @@ def _parent_run(client: MlflowClient, experiment_id: str, key: str, params: Mapp
         return found
     name = os.environ.get("DVC_EXP_NAME") or time.strftime("pipeline-%Y%m%d-%H%M%S")
     run = client.create_run(experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key})
-    _log_params(client, run.info.run_id, flatten(params))
+    _log_params(client, run.info.run_id, flatten(run_defining(params)))
     return run.info.run_id
 
 
@@ -186,7 +197,7 @@ class FoldRun:
                 _close_killed_attempts(self.client, experiment_id, self.parent_id, fold)
                 tags = {PARENT_RUN_TAG: self.parent_id, "fold": str(fold)}
                 self.run_id = self.client.create_run(experiment_id, run_name=f"fold-{fold}", tags=tags).info.run_id
-                _log_params(self.client, self.run_id, {**flatten(params), "fold": str(fold)})
+                _log_params(self.client, self.run_id, {**flatten(run_defining(params)), "fold": str(fold)})
         except Exception as err:  # any store, any failure: the message below is what the user can act on
             if os.environ.get("MLFLOW_TRACKING_URI"):
                 advice = ("fix MLFLOW_TRACKING_URI (or start its server), "

@@ -1,0 +1,67 @@
+"""Shared by the benchmarks: a fresh copy of the repository to run the pipeline in, and timed `dvc repro`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def copy_repo(dest: Path) -> None:
+    """The committed files, without outputs or lock (so every stage runs), in a new git repo at `dest`."""
+    # -z: unquoted names (git escapes the demo's Chinese file names otherwise)
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in names.split("\0"):
+        if (REPO / name).is_file() and name != "dvc.lock" and not name.startswith(("results/", "reports/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # .dvc/ came with the committed files
+
+
+def set_params(root: Path, overrides: Mapping[str, Any]) -> None:
+    """Set dotted keys (`data.raw_dir`) in the workspace's params.yaml."""
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        section = params
+        for name in parents:
+            section = section[name]
+        section[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tool_env() -> dict[str, str]:
+    """This venv's dvc and python first on PATH; no MLflow/DVC settings leaking in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def timed_repro(root: Path) -> tuple[list[tuple[str, float]], float]:
+    """(stage, seconds) in run order, and the total wall time of `dvc repro` in `root`."""
+    started = time.perf_counter()
+    marks: list[tuple[str, float]] = []
+    with subprocess.Popen(["dvc", "repro"], cwd=root, env=tool_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            found = re.search(r"Running stage '([^']+)'", line)
+            if found:
+                marks.append((found.group(1), time.perf_counter()))
+    total = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"dvc repro failed with exit code {proc.returncode}")
+    ends = [t for _, t in marks[1:]] + [started + total]
+    return [(name, end - start) for (name, start), end in zip(marks, ends, strict=True)], total
