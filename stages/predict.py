@@ -55,6 +55,20 @@ def find_checkpoints(models_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(FOLD_DIR.fullmatch(p.parent.name).group(1)))
 
 
+FINAL_DIR = "final"  # the `final` stage's model: <train dir>/final/model.pt
+
+
+def chosen_checkpoints(models_dir: Path, final: list[str]) -> list[Path]:
+    """The models that predict and export use: the final model when params `predict.final` is [all], else the folds."""
+    if not final:
+        return find_checkpoints(models_dir)
+    path = Path(models_dir) / FINAL_DIR / "model.pt"
+    if not path.is_file():
+        raise UserError(f"predict.final is [all] but {path} does not exist; run the pipeline (`dvc repro` or "
+                        "`snakemake`) to train the final model, or set predict.final to [] to use the fold models.")
+    return [path]
+
+
 def load_ensemble(paths: Sequence[Path], device: torch.device | None = None) -> Ensemble:
     """The models saved at `paths` (any subset of folds), ready for inference; their settings must agree."""
     if not paths:
