@@ -1,4 +1,9 @@
-"""Pool the folds' out-of-fold predictions into cross-validated metrics, a confusion table and a ROC curve."""
+"""Pool the folds' out-of-fold predictions into cross-validated metrics and the tables behind the report.
+
+Predicted labels are decided here, from the pooled probabilities, with params `predict.threshold` (two classes),
+so the CV metrics describe the operating point that predict will use. Besides metrics.json: a confusion table,
+the ROC curve, precision and recall at several thresholds, and a calibration (reliability) table.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from stages.classes import class_order, prob_column
+from stages.classes import class_order, decide, prob_column
 from stages.errors import DataError, user_errors
 from stages.files import write_text_atomic
 from stages.params import load_params
-from stages.tables import METRICS, read_table
+from stages.tables import CALIBRATION_COLUMNS, METRICS, read_table
 
 
 def _some(names: Iterable[str]) -> str:
@@ -53,9 +58,15 @@ def load_predictions(folds_csv: Path, train_dir: Path, folds: int) -> tuple[pd.D
         part = read_table(path, ["file", "label", "fold", "predicted", *probs], numeric=["fold", *probs])
         _check_fold(part, assigned[assigned["fold"] == fold], fold, classes, path)
         parts.append(part[["file", "label", "fold", "predicted", *probs]])
-    pooled = pd.concat(parts).sort_values("file", ignore_index=True)
-    pooled["correct"] = pooled["label"] == pooled["predicted"]
-    return pooled, classes
+    return pd.concat(parts).sort_values("file", ignore_index=True), classes
+
+
+def apply_threshold(pooled: pd.DataFrame, classes: list[str], threshold: float) -> pd.DataFrame:
+    """`predicted` and `correct` decided from the probabilities as predict decides them (the folds used argmax)."""
+    decided = pooled.copy()
+    decided["predicted"] = decide(decided[[prob_column(c) for c in classes]].to_numpy(), classes, threshold)
+    decided["correct"] = decided["label"] == decided["predicted"]
+    return decided
 
 
 def _check_fold(part: pd.DataFrame, assigned: pd.DataFrame, fold: int, classes: list[str], path: Path) -> None:
@@ -149,18 +160,89 @@ def roc_table(pooled: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": threshold})
 
 
-def write_outputs(out_dir: Path, pooled: pd.DataFrame, summary: dict[str, Any], roc: pd.DataFrame) -> list[Path]:
-    """Write metrics.json, confusion.csv, roc.csv and predictions.csv into out_dir; their paths."""
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLD_COLUMNS = ["threshold", "precision", "recall", "flagged", "missed", "false_alarms"]
+CALIBRATION_BINS = 10
+
+
+def threshold_table(pooled: pd.DataFrame, classes: list[str], chosen: float) -> pd.DataFrame:
+    """Precision and recall of the positive class at several thresholds, the chosen one included.
+
+    `flagged` is the share of images called positive, `missed` the positives below the threshold (the burrs a
+    screen would let through) and `false_alarms` the negatives at or above it. Empty unless binary.
+    """
+    if len(classes) != 2:
+        return pd.DataFrame(columns=THRESHOLD_COLUMNS)
+    positive = (pooled["label"] == classes[1]).to_numpy()
+    prob = pooled[prob_column(classes[1])].to_numpy()
+    rows = []
+    for threshold in sorted({*THRESHOLDS, chosen}):
+        called = prob >= threshold
+        hits = int((called & positive).sum())
+        rows.append({
+            "threshold": threshold,
+            "precision": hits / called.sum() if called.any() else np.nan,  # nothing flagged: undefined, not 0
+            "recall": hits / positive.sum() if positive.any() else np.nan,
+            "flagged": called.mean(),
+            "missed": int((~called & positive).sum()),
+            "false_alarms": int((called & ~positive).sum()),
+        })
+    return pd.DataFrame(rows, columns=THRESHOLD_COLUMNS).round(4)
+
+
+def confidence(pooled: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """What calibration compares: the positive class's probability and whether the image is positive (two
+    classes), or the top probability and whether that prediction is right (more classes)."""
+    probs = pooled[[prob_column(c) for c in classes]].to_numpy()
+    if len(classes) == 2:
+        return probs[:, 1], (pooled["label"] == classes[1]).to_numpy()
+    return probs.max(1), (pooled["label"] == np.asarray(classes)[probs.argmax(1)]).to_numpy()
+
+
+def calibration_table(pooled: pd.DataFrame, classes: list[str], bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """Reliability diagram data: per equal-width probability bin, mean predicted vs observed frequency."""
+    predicted, outcome = confidence(pooled, classes)
+    # Bin b holds [b/bins, (b+1)/bins); a probability of exactly 1 belongs to the last bin.
+    index = np.minimum((predicted * bins).astype(int), bins - 1)
+    rows = [{"bin_lower": b / bins, "bin_upper": (b + 1) / bins, "mean_predicted": predicted[index == b].mean(),
+             "fraction_positive": outcome[index == b].mean(), "count": int((index == b).sum())}
+            for b in range(bins) if (index == b).any()]
+    return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS).round(4)
+
+
+def calibration_summary(pooled: pd.DataFrame, classes: list[str]) -> dict[str, float]:
+    """Expected calibration error (count-weighted gap of the reliability diagram) and the Brier score."""
+    table = calibration_table(pooled, classes)
+    predicted, outcome = confidence(pooled, classes)
+    ece = float((table["count"] * (table["mean_predicted"] - table["fraction_positive"]).abs()).sum() / len(pooled))
+    return {"ece": round(ece, 4), "brier": round(float(np.mean((predicted - outcome) ** 2)), 4)}
+
+
+def write_outputs(out_dir: Path, pooled: pd.DataFrame, summary: dict[str, Any], tables: dict[str, pd.DataFrame],
+                  ) -> list[Path]:
+    """Write metrics.json, predictions.csv, confusion.csv and `tables` (name -> table) as CSVs; their paths."""
     texts = {
         # allow_nan=False: a NaN would make metrics.json invalid JSON for `dvc metrics show`.
         "metrics.json": json.dumps(summary, indent=2, allow_nan=False) + "\n",
         "confusion.csv": pooled[["label", "predicted"]].rename(columns={"label": "actual"}).to_csv(index=False),
-        "roc.csv": roc.to_csv(index=False),
+        **{f"{name}.csv": table.to_csv(index=False) for name, table in tables.items()},
         "predictions.csv": pooled.to_csv(index=False),
     }
     for name, text in texts.items():
         write_text_atomic(out_dir / name, text)
     return [out_dir / name for name in texts]
+
+
+def aggregate(pooled: pd.DataFrame, classes: list[str], folds: int, threshold: float,
+              ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, pd.DataFrame]]:
+    """Decided predictions, the metrics summary and the report's tables (roc, thresholds, calibration)."""
+    decided = apply_threshold(pooled, classes, threshold)
+    summary = summarise(decided, classes, folds)
+    summary["threshold"] = threshold if len(classes) == 2 else None
+    summary["calibration"] = calibration_summary(decided, classes)
+    tables = {"roc": roc_table(decided, classes), "thresholds": threshold_table(decided, classes, threshold),
+              "calibration": calibration_table(decided, classes)}
+    return decided, summary, tables
 
 
 def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -186,14 +268,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folds_csv", type=Path, help="data/processed/folds.csv")
     parser.add_argument("train_dir", type=Path, help="folder holding fold_<k>/predictions.csv")
-    parser.add_argument("out_dir", type=Path, help="where metrics.json, confusion.csv, roc.csv go")
+    parser.add_argument("out_dir", type=Path,
+                        help="writes metrics.json, predictions.csv, confusion|roc|thresholds|calibration.csv")
     args = parser.parse_args()
     with user_errors():
         params = load_params()
         folds = params["split"]["folds"]
         pooled, classes = load_predictions(args.folds_csv, args.train_dir, folds)
-        summary = summarise(pooled, classes, folds)
-        outputs = write_outputs(args.out_dir, pooled, summary, roc_table(pooled, classes))
+        pooled, summary, tables = aggregate(pooled, classes, folds, params["predict"]["threshold"])
+        outputs = write_outputs(args.out_dir, pooled, summary, tables)
     print(format_summary(summary, folds))
 
     from stages.tracking import log_aggregate  # imports mlflow: only once the metrics are safely written

@@ -8,6 +8,7 @@ import html
 import io
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -24,7 +25,7 @@ from stages.errors import DataError, user_errors
 from stages.files import write_text_atomic
 from stages.imageops import output_name
 from stages.params import load_params
-from stages.tables import HISTORY_COLUMNS, METRICS, RERUN, read_table
+from stages.tables import CALIBRATION_COLUMNS, HISTORY_COLUMNS, METRICS, RERUN, read_table
 
 TEMPLATE = Path(__file__).with_name("report_template.html")
 # The train stage's history.csv format (imported from stages.train, it would pull in torch).
@@ -122,6 +123,20 @@ def roc_figure(roc: pd.DataFrame, auc: float, positive: str) -> Figure:
     return fig
 
 
+def calibration_figure(calibration: pd.DataFrame, summary: dict[str, float], label: str) -> Figure:
+    """Reliability diagram: observed frequency against mean predicted probability per bin, sized by count."""
+    fig = Figure(figsize=(3.7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY)
+    ax.plot(calibration["mean_predicted"], calibration["fraction_positive"], color=TRAIN_COLOUR, lw=1.5)
+    sizes = 18 + 180 * calibration["count"] / max(1, calibration["count"].max())
+    ax.scatter(calibration["mean_predicted"], calibration["fraction_positive"], s=sizes, color=TRAIN_COLOUR, zorder=3)
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), aspect="equal", xlabel=f"mean predicted {label}",
+           ylabel="observed frequency")
+    ax.set_title(f"Calibration (pooled), ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}")
+    return fig
+
+
 def curves_figure(histories: list[pd.DataFrame], kept: list[int]) -> Figure:
     """Small multiples: per fold, loss above accuracy, train and validation, the kept epoch dotted."""
     columns = min(len(histories), CURVE_COLUMNS)
@@ -151,12 +166,14 @@ def curves_figure(histories: list[pd.DataFrame], kept: list[int]) -> Figure:
     return fig
 
 
-def table(head: list[str], rows: list[list[object]], css: str = "", totals: int = 0) -> str:
-    """An HTML table of escaped cells; the last `totals` rows are styled as summary rows."""
+def table(head: list[str], rows: list[list[object]], css: str = "", totals: int = 0,
+          marked: Collection[int] = ()) -> str:
+    """An HTML table of escaped cells; the last `totals` rows are styled as summary rows, `marked` rows stand out."""
     header = "".join(f"<th>{esc(cell)}</th>" for cell in head)
     body, first = [], len(rows) - totals
     for i, row in enumerate(rows):
-        style = ' class="total first"' if i == first else ' class="total"' if i > first else ""
+        style = (' class="total first"' if i == first else ' class="total"' if i > first
+                 else ' class="marked"' if i in marked else "")
         body.append(f"<tr{style}>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>")
     return f'<table class="{css}"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -208,6 +225,19 @@ def folds_section(summary: dict[str, Any], metrics: list[str]) -> str:
     return table(["Fold", "Images", *(HEADINGS[metric] for metric in metrics)], rows, totals=2)
 
 
+def threshold_section(thresholds_csv: Path, chosen: float | None, positive: str) -> str:
+    """Precision and recall of the positive class at several thresholds, the one in params marked."""
+    if chosen is None:
+        return '<p class="note">The decision threshold applies to two classes only: the most probable class wins.</p>'
+    columns = ["threshold", "precision", "recall", "flagged", "missed", "false_alarms"]
+    thresholds = read_table(thresholds_csv, columns, numeric=columns)
+    rows = [[f"{row.threshold:g}", num(row.precision), num(row.recall), f"{row.flagged:.0%}", int(row.missed),
+             int(row.false_alarms)] for row in thresholds.itertuples()]
+    marked = {i for i, value in enumerate(thresholds["threshold"]) if value == chosen}
+    head = ["Threshold", "Precision", "Recall", "Flagged", f"Missed {positive}", "False alarms"]
+    return table(head, rows, marked=marked)
+
+
 def gallery(
     predictions: pd.DataFrame, classes: list[str], images_dir: Path, originals: dict[str, str], manifest_csv: Path
 ) -> str:
@@ -235,15 +265,50 @@ def gallery(
     return f'<div class="gallery">{"".join(cards)}</div>'
 
 
+HEATMAP_COLUMNS = ["file", "label", "predicted", "explained", "correct", "heatmap"]
+
+
+def heatmap_gallery(train_dir: Path, folds: int, images_dir: Path, originals: dict[str, str]) -> tuple[str, int]:
+    """Cards pairing each explained image with its Grad-CAM overlay, mistakes first; the HTML and the count.
+
+    The train stage explains every misclassified held-out image of its fold and a sample of the correct ones.
+    """
+    parts = []
+    for fold in range(folds):
+        folder = train_dir / f"fold_{fold}" / "heatmaps"
+        part = read_table(folder / "heatmaps.csv", HEATMAP_COLUMNS)
+        parts.append(part.assign(fold=fold, path=[folder / name for name in part["heatmap"]]))
+    explained = pd.concat(parts, ignore_index=True)
+    if explained.empty:
+        return "<p>No image was explained (no mistakes, and train.explain_correct is 0).</p>", 0
+    explained["is_correct"] = explained["correct"].str.lower() == "true"
+    cards = []
+    for row in explained.sort_values(["is_correct", "fold", "file"]).itertuples():
+        verdict = "good" if row.is_correct else "bad"
+        cards.append(
+            f'<figure class="card wide"><div class="pair">'
+            f'<img src="{png_uri(thumbnail_png(images_dir / row.file))}" alt="{esc(row.file)}" width="{THUMB_PX}">'
+            f'<img src="{png_uri(thumbnail_png(row.path))}" alt="heatmap of {esc(row.file)}" width="{THUMB_PX}">'
+            f'</div><figcaption><div class="orig">{esc(originals.get(row.file, row.file))}</div>'
+            f'<div class="file mono">{esc(row.file)} · fold {row.fold}</div>'
+            f'<div>true <span class="good">{esc(row.label)}</span> → predicted '
+            f'<span class="{verdict}">{esc(row.predicted)}</span> · heat for class {esc(row.explained)}</div>'
+            "</figcaption></figure>"
+        )
+    return f'<div class="gallery wide">{"".join(cards)}</div>', len(cards)
+
+
 def figures_section(
     predictions: pd.DataFrame,
     classes: list[str],
     overall: dict[str, float],
     roc_csv: Path,
+    calibration_csv: Path,
+    calibration_summary: dict[str, float],
     histories: list[pd.DataFrame],
     runs: list[dict[str, Any]],
 ) -> tuple[str, str]:
-    """HTML of the confusion matrix and ROC curve, and of the training curves."""
+    """HTML of the confusion matrix, ROC curve and calibration plot, and of the training curves."""
 
     def img(fig: Figure, alt: str) -> str:
         return f'<figure><img src="{png_uri(figure_png(fig))}" alt="{alt}"></figure>'
@@ -255,6 +320,9 @@ def figures_section(
             figures += img(roc_figure(roc, overall["roc_auc"], classes[-1]), "ROC curve")
         else:
             figures += '<p class="note">ROC curve: not applicable with more than two classes.</p>'
+        calibration = read_table(calibration_csv, CALIBRATION_COLUMNS, numeric=CALIBRATION_COLUMNS)
+        label = f"P({classes[-1]})" if len(classes) == 2 else "top-class probability"
+        figures += img(calibration_figure(calibration, calibration_summary, label), "calibration plot")
         curves = img(curves_figure(histories, [run["epoch_kept"] for run in runs]), "training curves")
     return figures, curves
 
@@ -308,11 +376,13 @@ def build_report(
     metrics = list(METRICS) if binary else [metric for metric in METRICS if metric != "roc_auc"]
     overall = summary["overall"]
 
-    figures, curves = figures_section(predictions, classes, overall, aggregate_dir / "roc.csv", histories, runs)
+    figures, curves = figures_section(predictions, classes, overall, aggregate_dir / "roc.csv",
+                                      aggregate_dir / "calibration.csv", summary["calibration"], histories, runs)
     tiles = [(HEADINGS[metric], num(overall.get(metric))) for metric in ("accuracy", "balanced_accuracy")]
     tiles += [("ROC-AUC", num(overall["roc_auc"]))] if "roc_auc" in overall else []
     tiles += [("Images", summary["n_images"]), ("Folds", folds)]
     originals = {output_name(row.normalised_name): row.original_name for row in manifest.itertuples()}
+    heatmaps, n_heatmaps = heatmap_gallery(train_dir, folds, images_dir, originals)
     wrong = int((predictions["label"] != predictions["predicted"]).sum())
     minutes = sum(run["seconds"] for run in runs) / 60
     devices = ", ".join(sorted({str(run["device"]) for run in runs}))
@@ -344,6 +414,20 @@ def build_report(
             "P(true) is the predicted probability of the true class."
         ),
         gallery=gallery(predictions, classes, images_dir, originals, manifest_csv),
+        thresholds=threshold_section(aggregate_dir / "thresholds.csv", summary["threshold"], classes[-1]),
+        threshold_note=esc(
+            f"Out-of-fold precision and recall of class {classes[-1]!r} when it is predicted at or above each "
+            "threshold; flagged is the share of images called positive. The marked row is predict.threshold in "
+            "params.yaml, which every metric above and `python -m stages.predict` use. A burr screen that must "
+            "miss few burrs can lower it."
+        ) if binary else "",
+        n_heatmaps=n_heatmaps,
+        heatmaps_note=esc(
+            "Grad-CAM of each fold's model on its held-out images: every image it got wrong and a sample it got "
+            f"right (train.explain_correct). Left the padded model input, right the heat of class "
+            f"{classes[-1] if binary else 'predicted'}: red regions raised that class's score most."
+        ),
+        heatmaps=heatmaps,
     )
 
 

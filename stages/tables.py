@@ -10,6 +10,7 @@ import pandas as pd
 from stages.errors import DataError
 
 METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc")
+CALIBRATION_COLUMNS = ["bin_lower", "bin_upper", "mean_predicted", "fraction_positive", "count"]
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 RERUN = "re-run the pipeline (`dvc repro` or `snakemake`) so that every stage's output is current"
 

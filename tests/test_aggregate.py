@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from stages.aggregate import load_predictions, main, roc_table, summarise, write_outputs
+from stages.aggregate import aggregate, load_predictions, main, threshold_table, write_outputs
 from stages.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +75,12 @@ def fake_run(root: Path, predictions: pd.DataFrame, epochs: int = 3) -> tuple[Pa
     return folds_csv, train_dir
 
 
-def run_aggregate(root: Path, predictions: pd.DataFrame, folds: int = 2) -> dict:
+def run_aggregate(root: Path, predictions: pd.DataFrame, folds: int = 2, threshold: float = 0.5) -> dict:
     """Fake the fold outputs, then aggregate them into root/out the way main() does; the summary."""
     folds_csv, train_dir = fake_run(root, predictions)
     pooled, classes = load_predictions(folds_csv, train_dir, folds)
-    summary = summarise(pooled, classes, folds)
-    write_outputs(root / "out", pooled, summary, roc_table(pooled, classes))
+    pooled, summary, tables = aggregate(pooled, classes, folds, threshold)
+    write_outputs(root / "out", pooled, summary, tables)
     return summary
 
 
@@ -186,7 +187,7 @@ def test_fold_with_one_class_omits_undefined_metrics(tmp_path: Path) -> None:
 
 def test_outputs_have_dvc_formats(tmp_path: Path) -> None:
     run_aggregate(tmp_path, TOY.sample(frac=1, random_state=0))  # row order must not matter
-    names = ["confusion.csv", "metrics.json", "predictions.csv", "roc.csv"]
+    names = ["calibration.csv", "confusion.csv", "metrics.json", "predictions.csv", "roc.csv", "thresholds.csv"]
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == names  # no temp files left
 
     confusion = pd.read_csv(tmp_path / "out" / "confusion.csv", dtype=str)
@@ -204,8 +205,48 @@ def test_outputs_have_dvc_formats(tmp_path: Path) -> None:
     assert predictions["correct"].tolist() == (TOY["label"] == TOY["predicted"]).tolist()
 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert list(metrics) == ["overall", "mean", "std", "per_fold", "n_images", "classes"]
+    assert list(metrics) == ["overall", "mean", "std", "per_fold", "n_images", "classes", "threshold", "calibration"]
     assert list(metrics["per_fold"]) == ["fold_0", "fold_1"]
+
+
+def test_threshold_decides_the_predictions(tmp_path: Path) -> None:
+    # At 0.35, g (label 1, prob_1 0.4) is called a burr too: TP 4, FP 2 (b, f), FN 0, TN 2.
+    summary = run_aggregate(tmp_path, TOY, threshold=0.35)
+    assert summary["threshold"] == 0.35
+    assert summary["overall"]["recall"] == 1.0 and summary["overall"]["precision"] == 0.6667
+    assert summary["overall"]["accuracy"] == 0.75
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"label": str, "predicted": str})
+    assert predictions.set_index("file").loc["g.png", ["predicted", "correct"]].tolist() == ["1", True]
+
+
+def test_threshold_table_matches_hand_counts(tmp_path: Path) -> None:
+    run_aggregate(tmp_path, TOY, threshold=0.35)
+    table = pd.read_csv(tmp_path / "out" / "thresholds.csv").set_index("threshold")
+    assert 0.35 in table.index and table.index.is_monotonic_increasing  # the chosen one among the standard ones
+    # At 0.5: called b c d f h; hits c d h.
+    assert table.loc[0.5].tolist() == [0.6, 0.75, 0.625, 1, 2]
+    assert table.loc[0.35].tolist() == [0.6667, 1.0, 0.75, 0, 2]
+    assert table.loc[0.9].tolist() == [1.0, 0.25, 0.125, 3, 0]
+    low = threshold_table(TOY.assign(prob_1=TOY["prob_1"] / 2), ["0", "1"], 0.5).set_index("threshold")
+    assert np.isnan(low.loc[0.5, "precision"]) and low.loc[0.5, "missed"] == 4  # nothing flagged: undefined
+
+
+def test_calibration_table_and_summary(tmp_path: Path) -> None:
+    summary = run_aggregate(tmp_path, TOY)
+    table = pd.read_csv(tmp_path / "out" / "calibration.csv").set_index("bin_lower")
+    assert table["count"].sum() == 8 and len(table) == 7  # c and h share the 0.7 bin
+    assert table.loc[0.7].tolist() == [0.8, 0.7, 1.0, 2]
+    # |p - y| summed over the images, weighted by count: .2 + .6 + .3*2 + .1 + .1 + .8 + .6 = 3.0 over 8.
+    assert summary["calibration"] == {"ece": 0.375, "brier": 0.2}
+
+
+def test_multiclass_calibration_uses_top_probability(tmp_path: Path) -> None:
+    table = pd.DataFrame({"file": ["a", "b"], "label": ["x", "y"], "fold": [0, 1], "predicted": ["x", "x"],
+                          "prob_x": [0.9, 0.5], "prob_y": [0.05, 0.3], "prob_z": [0.05, 0.2]})
+    _, summary, tables = aggregate(table, ["x", "y", "z"], 2, 0.5)
+    assert summary["threshold"] is None and tables["thresholds"].empty
+    assert tables["calibration"][["mean_predicted", "fraction_positive"]].to_numpy().tolist() == [[0.5, 0.0],
+                                                                                                [0.9, 1.0]]
 
 
 def test_stale_fold_folders_are_ignored(tmp_path: Path) -> None:
@@ -213,7 +254,7 @@ def test_stale_fold_folders_are_ignored(tmp_path: Path) -> None:
     fake_run(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
     (tmp_path / "stale" / "results" / "train" / "fold_2").rename(train_dir / "fold_2")
     pooled, classes = load_predictions(folds_csv, train_dir, 2)
-    assert summarise(pooled, classes, 2) == run_aggregate(tmp_path / "clean", TOY)
+    assert aggregate(pooled, classes, 2, 0.5)[1] == run_aggregate(tmp_path / "clean", TOY)
 
 
 def test_missing_prediction_file_names_the_fold(tmp_path: Path) -> None:

@@ -50,7 +50,23 @@ def fake_inputs(root: Path, predictions: pd.DataFrame) -> list[Path]:
     for i, name in enumerate(predictions["file"]):
         Image.new("RGB", (48, 48), (30 * i % 256, 90, 160)).save(images_dir / name)
     run_aggregate(root, predictions)
+    fake_heatmaps(root / "results" / "train", predictions)
     return [manifest_csv, images_dir, root / "results" / "train", root / "out"]
+
+
+def fake_heatmaps(train_dir: Path, predictions: pd.DataFrame) -> None:
+    """heatmaps/ per fold as the train stage writes it: every mistake and the first correct image."""
+    for fold, part in predictions.groupby("fold"):
+        wrong = part["label"] != part["predicted"]
+        chosen = pd.concat([part[wrong], part[~wrong].head(1)])
+        folder = train_dir / f"fold_{fold}" / "heatmaps"
+        folder.mkdir()
+        names = [f"{i}.png" for i in range(len(chosen))]
+        for name in names:
+            Image.new("RGB", (48, 48), (200, 40, 40)).save(folder / name)
+        chosen.assign(explained="1", correct=chosen["label"] == chosen["predicted"], heatmap=names)[
+            ["file", "label", "predicted", "explained", "correct", "heatmap"]
+        ].to_csv(folder / "heatmaps.csv", index=False)
 
 
 @pytest.fixture
@@ -66,8 +82,10 @@ def report(tmp_path: Path, inputs: list[Path]) -> str:
 
 def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binary: list[Path]) -> None:
     page = report(tmp_path, binary)
-    assert len(IMG.findall(page)) == 3 + 3  # b, f, g misclassified; confusion, ROC, training curves
-    assert page.count('class="card"') == 3
+    # b, f, g misclassified; confusion, ROC, calibration, training curves; 5 heatmap cards of 2 images each
+    assert len(IMG.findall(page)) == 3 + 4 + 2 * 5
+    assert page.count('class="card"') == 3 and page.count('class="card wide"') == 5
+    assert "Where the models look (5)" in page
     # The per-fold table, from the hand-computed values in test_aggregate.
     assert "<td>0.750</td><td>0.750</td><td>0.667</td><td>1.000</td><td>0.800</td><td>1.000</td>" in page
     assert "<td>mean ± std</td><td></td><td>0.625 ± 0.177</td>" in page
@@ -80,6 +98,21 @@ def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binar
     assert "<td>Width (px)</td><td>400 to 470</td>" in page
     lr = load_params(tmp_path / "params.yaml")["lr"]  # whatever the repository's params.yaml holds
     assert f"\nlr: {lr}\n" in page and "  background: [0, 0, 0]\n" in page and "    flip: true\n" in page
+
+
+def test_report_has_threshold_table_and_calibration(tmp_path: Path, binary: list[Path]) -> None:
+    page = report(tmp_path, binary)
+    # The 0.5 row from test_aggregate's hand counts, marked as the params threshold.
+    assert '<tr class="marked"><td>0.5</td><td>0.600</td><td>0.750</td><td>62%</td><td>1</td><td>2</td></tr>' in page
+    assert page.count('class="marked"') == 1
+    assert 'alt="calibration plot"' in page
+
+
+def test_heatmap_gallery_puts_mistakes_first(tmp_path: Path, binary: list[Path]) -> None:
+    page = report(tmp_path, binary)
+    gallery = page[page.index("Where the models look"):]
+    verdicts = re.findall(r'predicted <span class="(good|bad)">', gallery)
+    assert verdicts == ["bad", "bad", "bad", "good", "good"]
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path, binary: list[Path]) -> None:
@@ -106,15 +139,18 @@ def test_multiclass_report_has_no_roc(tmp_path: Path) -> None:
     table = pd.DataFrame(MULTICLASS)
     page = report(tmp_path, fake_inputs(tmp_path, table))
     assert "not applicable" in page and "ROC-AUC" not in page
-    assert len(IMG.findall(page)) == 2 + 2  # c, e misclassified; confusion, training curves
+    # c, e misclassified; confusion, calibration, training curves; heatmaps of c, e and one correct per fold
+    assert len(IMG.findall(page)) == 2 + 3 + 2 * 4
+    assert "applies to two classes only" in page
     assert "P(true) 0.300 · P(1) 0.500" in page  # multi-class: probability of the predicted class
 
 
 def test_report_without_mistakes_says_so(tmp_path: Path) -> None:
     workspace(tmp_path)
-    page = report(tmp_path, fake_inputs(tmp_path, TOY.assign(predicted=TOY["label"])))
+    sure = (TOY["label"] == "1").astype(float) * 0.8 + 0.1  # every label on the right side of 0.5
+    page = report(tmp_path, fake_inputs(tmp_path, TOY.assign(predicted=TOY["label"], prob_1=sure, prob_0=1 - sure)))
     assert "No image was misclassified." in page
-    assert len(IMG.findall(page)) == 3
+    assert len(IMG.findall(page)) == 4 + 2 * 2  # figures; one correct heatmap per fold
 
 
 def test_missing_history_is_a_clear_error(tmp_path: Path, binary: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
