@@ -2,7 +2,10 @@
 
 Each image goes through exactly the training preprocessing (composite onto the background, pad to a square,
 resize, scale, normalise) with the settings stored in the checkpoints, and the fold models' softmax
-probabilities are averaged. `agreement` is the fraction of fold models whose own prediction is the ensemble's.
+probabilities are averaged (params `predict.final: [all]` uses the one final model instead). The label is
+decided by `predict.threshold` on the positive class (two classes) or the most probable class. `agreement` is the
+fraction of models whose own decision is the ensemble's. With `--explain DIR`, each image's Grad-CAM heatmap
+(averaged over the models) is written over its padded model input as a PNG in DIR.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -20,15 +24,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from stages.classes import prob_column
+from stages.classes import decide, prob_column
 from stages.errors import DataError, UserError, user_errors
-from stages.files import write_text_atomic
+from stages.explain import ensemble_gradcam, explained_classes, overlay, overlay_names
+from stages.files import atomic_path, write_text_atomic
 from stages.imageops import IMAGE_EXTENSIONS, RGB, composite_on_background, list_images, prepare_input
 from stages.models import Normalisation, build_model
 from stages.normalise import BadImage, inspect_image
+from stages.params import load_params
 from stages.train import normalise, select_device
 
 BATCH = 32
+DEFAULT_THRESHOLD = 0.5  # for two classes, the same call as the most probable class
+BAR_WIDTH = 30
 # What the preprocessing and the output columns depend on: every fold model must have been trained with the same.
 SHARED_KEYS = ("classes", "img_size", "background", "mean", "std")
 FOLD_DIR = re.compile(r"fold_(\d+)")
@@ -141,51 +149,121 @@ def preprocess(path: Path, background: RGB, img_size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def model_probabilities(models: Sequence[nn.Module], inputs: torch.Tensor) -> torch.Tensor:
+    """M x N x C softmax probabilities of each model, on the CPU."""
+    return torch.stack([model(inputs).softmax(1) for model in models]).cpu()
+
+
+def write_overlays(ensemble: Ensemble, batch: torch.Tensor, inputs: torch.Tensor, labels: list[str],
+                   paths: Sequence[Path]) -> None:
+    """One PNG per image at `paths`: the models' mean Grad-CAM of the explained class over the uint8 `batch`."""
+    targets = [ensemble.classes.index(label) for label in explained_classes(labels, ensemble.classes)]
+    heat = ensemble_gradcam(ensemble.models, inputs, targets).numpy()
+    for image, heat_map, path in zip(batch.permute(0, 2, 3, 1).cpu().numpy(), heat, paths, strict=True):
+        with atomic_path(path) as tmp:
+            overlay(image, heat_map).save(tmp, format="PNG")
+
+
 def predict(ensemble: Ensemble, paths: Sequence[Path], batch_size: int = BATCH,
-            progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """One row per path: `file`, `predicted`, `prob_<class>` (mean of the models' softmax), `agreement`."""
-    probabilities, agreement = [], []
+            progress: Callable[[int, int], None] | None = None, *, threshold: float = DEFAULT_THRESHOLD,
+            explain_dir: Path | None = None) -> pd.DataFrame:
+    """One row per path: `file`, `predicted`, `prob_<class>` (mean of the models' softmax), `agreement`.
+
+    With `explain_dir`, each image's heatmap overlay is written there and its path is in a `heatmap` column.
+    """
+    heatmaps = [Path(explain_dir) / name for name in overlay_names(paths)] if explain_dir is not None else []
+    probabilities, predicted, agreement = [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         batch = torch.stack([preprocess(p, ensemble.background, ensemble.img_size) for p in chunk])
         # Exactly as training evaluates: uint8 -> float in [0, 1] -> the backbone's normalisation.
         inputs = normalise(batch.to(ensemble.device).float() / 255, ensemble.normalisation)
-        per_model = torch.stack([model(inputs).softmax(1) for model in ensemble.models]).cpu()  # M x N x C
+        per_model = model_probabilities(ensemble.models, inputs)
         mean = per_model.mean(0)
+        labels = decide(mean.numpy(), ensemble.classes, threshold)
+        votes = np.array([decide(p.numpy(), ensemble.classes, threshold) for p in per_model])  # M x N
         probabilities.append(mean)
-        agreement.append((per_model.argmax(2) == mean.argmax(1)).float().mean(0))
+        predicted.extend(labels)
+        agreement.append((votes == np.array(labels)).mean(0))
+        if heatmaps:
+            write_overlays(ensemble, batch, inputs, labels, heatmaps[start : start + batch_size])
         if progress is not None:
             progress(start + len(chunk), len(paths))
-    probs = torch.cat(probabilities)
-    table = pd.DataFrame({"file": [str(p) for p in paths],
-                          "predicted": [ensemble.classes[i] for i in probs.argmax(1).tolist()]})
+    probs = torch.cat(probabilities).numpy()
+    table = pd.DataFrame({"file": [str(p) for p in paths], "predicted": predicted})
     for i, label in enumerate(ensemble.classes):
-        table[prob_column(label)] = probs[:, i].numpy().astype(float)
-    table["agreement"] = torch.cat(agreement).numpy().astype(float)
+        table[prob_column(label)] = probs[:, i].astype(float)
+    table["agreement"] = np.concatenate(agreement).astype(float)
+    if heatmaps:
+        table["heatmap"] = [str(p) for p in heatmaps]
     return table
+
+
+def check_threshold(threshold: float) -> float:
+    """--threshold as given, if the positive class can be both predicted and not (params.schema.json's range)."""
+    if not 0 < threshold < 1:  # also refuses NaN
+        raise UserError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}; the positive class is "
+                        "predicted when its probability reaches it, e.g. --threshold 0.3 for more recall.")
+    return threshold
+
+
+def check_explain_dir(explain_dir: Path, images: Sequence[Path]) -> None:
+    """Overlays are named after the inputs: writing them beside the inputs could overwrite a photo."""
+    inputs = {p.resolve().parent for p in images}
+    if explain_dir.resolve() in inputs:
+        raise UserError(f"--explain {explain_dir} is a folder of input images, whose files the heatmap PNGs could "
+                        "overwrite; choose another folder (it is created if needed).")
+
+
+def progress_bar(stream: TextIO) -> Callable[[int, int], None]:
+    """Progress on `stream`: one redrawn bar on a terminal, else a plain line per tenth done (logs stay short)."""
+    terminal = stream.isatty()
+    shown = -1
+
+    def report(done: int, total: int) -> None:
+        nonlocal shown
+        if terminal:
+            filled = BAR_WIDTH * done // total
+            end = "\n" if done == total else ""
+            stream.write(f"\rpredict: [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} images{end}")
+        elif 10 * done // total != shown:
+            shown = 10 * done // total
+            stream.write(f"predict: {done}/{total} images\n")
+        stream.flush()
+
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("inputs", type=Path, nargs="+", help="raw image files and/or flat folders of them")
     parser.add_argument("--models", type=Path, default=Path("results/train"),
-                        help="folder holding fold_*/model.pt (default: results/train)")
+                        help="folder holding fold_*/model.pt and, with predict.final: [all], final/model.pt "
+                             "(default: results/train)")
     parser.add_argument("--out", type=Path, help="also write the predictions to this CSV")
+    parser.add_argument("--threshold", type=float,
+                        help="two classes: predict the positive class from this probability on "
+                             "(default: predict.threshold in params.yaml)")
+    parser.add_argument("--explain", type=Path, metavar="DIR",
+                        help="write a Grad-CAM heatmap PNG per image into DIR (adds a `heatmap` column)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--batch-size", type=int, default=BATCH)
     args = parser.parse_args()
 
-    def report(done: int, total: int) -> None:  # stderr, so stdout stays the table alone
-        print(f"predict: {done}/{total} images", file=sys.stderr, flush=True)
-
     with user_errors():
         if args.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+        params = load_params()["predict"]
+        threshold = params["threshold"] if args.threshold is None else check_threshold(args.threshold)
         images = collect_images(args.inputs)  # before loading models: a typo fails at once
-        ensemble = load_ensemble(find_checkpoints(args.models), select_device(args.device))
-        print(f"predict: {len(images)} images, ensemble of {len(ensemble.models)} fold models "
-              f"({', '.join(sorted(set(ensemble.names)))}) on {ensemble.device}", file=sys.stderr, flush=True)
-        table = predict(ensemble, images, args.batch_size, report).round(6)
+        if args.explain is not None:
+            check_explain_dir(args.explain, images)
+        ensemble = load_ensemble(chosen_checkpoints(args.models, params["final"]), select_device(args.device))
+        which = "the final model" if params["final"] else f"an ensemble of {len(ensemble.models)} fold models"
+        print(f"predict: {len(images)} images, {which} ({', '.join(sorted(set(ensemble.names)))}) on "
+              f"{ensemble.device}, threshold {threshold}", file=sys.stderr, flush=True)
+        table = predict(ensemble, images, args.batch_size, progress_bar(sys.stderr), threshold=threshold,
+                        explain_dir=args.explain).round(6)
         if args.out is not None:
             write_text_atomic(args.out, table.to_csv(index=False))
     print(table.to_string(index=False))

@@ -282,6 +282,11 @@ def heatmap_gallery(train_dir: Path, folds: int, images_dir: Path, originals: di
     if explained.empty:
         return "<p>No image was explained (no mistakes, and train.explain_correct is 0).</p>", 0
     explained["is_correct"] = explained["correct"].str.lower() == "true"
+    # Each map is scaled to its own peak: the probability beside it says how much the class was really seen.
+    missing = {prob_column(c) for c in explained["explained"]} - set(explained.columns)
+    if missing:
+        raise DataError(f"{train_dir}/fold_*/heatmaps/heatmaps.csv lacks {sorted(missing)}; {RERUN}.")
+    explained["p_explained"] = [row[prob_column(row["explained"])] for _, row in explained.iterrows()]
     cards = []
     for row in explained.sort_values(["is_correct", "fold", "file"]).itertuples():
         verdict = "good" if row.is_correct else "bad"
@@ -292,8 +297,9 @@ def heatmap_gallery(train_dir: Path, folds: int, images_dir: Path, originals: di
             f'</div><figcaption><div class="orig">{esc(originals.get(row.file, row.file))}</div>'
             f'<div class="file mono">{esc(row.file)} · fold {row.fold}</div>'
             f'<div>true <span class="good">{esc(row.label)}</span> → predicted '
-            f'<span class="{verdict}">{esc(row.predicted)}</span> · heat for class {esc(row.explained)}</div>'
-            "</figcaption></figure>"
+            f'<span class="{verdict}">{esc(row.predicted)}</span></div>'
+            f"<div>heat of class {esc(row.explained)}, P({esc(row.explained)}) "
+            f"{float(row.p_explained):.3f}</div></figcaption></figure>"
         )
     return f'<div class="gallery wide">{"".join(cards)}</div>', len(cards)
 

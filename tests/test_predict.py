@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import math
 import shutil
 import subprocess
 import sys
@@ -13,11 +15,21 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_explain import one_thread  # noqa: F401  (autouse: this module's tiny tensors run faster on one thread)
 
 from stages.composite import composite
 from stages.errors import DataError, UserError
 from stages.imageops import output_name
-from stages.predict import collect_images, find_checkpoints, load_ensemble, predict
+from stages.predict import (
+    check_threshold,
+    chosen_checkpoints,
+    collect_images,
+    find_checkpoints,
+    load_ensemble,
+    main,
+    predict,
+    progress_bar,
+)
 from stages.resize import resize
 from stages.train import train_fold, write_outputs
 
@@ -155,3 +167,109 @@ def test_cli_without_models_says_to_run_the_pipeline(trained: tuple[Path, Path, 
     done = run_cli(raw / "part_0.png", "--models", tmp_path / "nothing")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "no trained models found" in done.stderr and "dvc repro" in done.stderr
+
+
+def test_a_lowered_threshold_calls_the_positive_class_below_one_half(trained: tuple[Path, Path, pd.DataFrame]) -> None:
+    raw, models, _ = trained
+    ensemble = load_ensemble(find_checkpoints(models))
+    images = collect_images([raw])
+    default = predict(ensemble, images)
+    doubtful = default[default["prob_1"] < 0.5]
+    assert len(doubtful) and (doubtful["predicted"] == "0").all()  # the premise: some image scores below 0.5
+    lowered = predict(ensemble, images, threshold=doubtful["prob_1"].min() * 0.999)
+    assert (lowered["predicted"] == "1").all()
+    pd.testing.assert_frame_equal(lowered[["prob_0", "prob_1"]], default[["prob_0", "prob_1"]])
+    strict = predict(ensemble, images, threshold=0.999)
+    assert list(strict["predicted"]) == ["1" if p >= 0.999 else "0" for p in default["prob_1"]]
+
+
+@pytest.mark.parametrize("threshold", [0, 1, -0.1, 1.5, math.nan])
+def test_a_threshold_outside_0_1_is_refused(threshold: float) -> None:
+    with pytest.raises(UserError, match=r"--threshold must be between 0 and 1 \(exclusive\)"):
+        check_threshold(threshold)
+    assert check_threshold(0.3) == 0.3
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: object) -> None:
+    """The CLI in this process (no second torch import): params.yaml is read from `cwd`."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["predict", *map(str, args)])
+    main()
+
+
+def test_cli_refuses_a_bad_threshold(trained: tuple[Path, Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, models, _ = trained
+    with pytest.raises(SystemExit, match=r"^error: --threshold must be between 0 and 1"):
+        run_main(monkeypatch, REPO, raw, "--models", models, "--threshold", "1")
+
+
+def test_cli_refuses_to_write_heatmaps_among_the_input_photos(trained: tuple[Path, Path, pd.DataFrame],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, models, _ = trained
+    before = sorted(raw.iterdir())
+    with pytest.raises(SystemExit, match=r"^error: --explain .* is a folder of input images"):
+        run_main(monkeypatch, REPO, raw / "part_0.png", "--models", models, "--explain", raw)
+    assert sorted(raw.iterdir()) == before
+
+
+def test_explain_writes_one_overlay_per_input_of_the_model_input_size(trained: tuple[Path, Path, pd.DataFrame],
+                                                                     tmp_path: Path) -> None:
+    raw, models, _ = trained
+    for folder in ("a", "b"):  # the same name in two folders must not share a heatmap
+        (tmp_path / folder).mkdir()
+        shutil.copy(raw / "part_0.png", tmp_path / folder / "part_0.png")
+    images = [*collect_images([raw]), tmp_path / "a" / "part_0.png", tmp_path / "b" / "part_0.png"]
+    ensemble = load_ensemble(find_checkpoints(models))
+    explained = predict(ensemble, images, batch_size=4, explain_dir=tmp_path / "heat")
+    plain = predict(ensemble, images, batch_size=4)
+    pd.testing.assert_frame_equal(explained.drop(columns="heatmap"), plain)  # explaining changes no prediction
+    heatmaps = [Path(p) for p in explained["heatmap"]]
+    assert len(set(heatmaps)) == len(images)
+    assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == sorted(p.name for p in heatmaps)
+    for path in heatmaps:
+        with Image.open(path) as png:
+            assert png.size == (ensemble.img_size, ensemble.img_size) and png.mode == "RGB"
+    assert heatmaps[-1].read_bytes() == heatmaps[-2].read_bytes() == heatmaps[0].read_bytes()  # same input
+
+
+def test_progress_is_one_redrawn_line_on_a_terminal_and_a_line_per_tenth_in_a_log() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log, terminal = io.StringIO(), Terminal()
+    for stream in (log, terminal):
+        report = progress_bar(stream)
+        for done in range(1, 101):
+            report(done, 100)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[-1] == "predict: 100/100 images" and "\r" not in log.getvalue()
+    assert terminal.getvalue().count("\n") == 1 and terminal.getvalue().endswith("] 100/100 images\n")
+    assert terminal.getvalue().count("\r") == 100
+
+
+def test_missing_final_model_is_a_clear_error(trained: tuple[Path, Path, pd.DataFrame]) -> None:
+    _, models, _ = trained
+    assert chosen_checkpoints(models, []) == find_checkpoints(models)
+    with pytest.raises(UserError, match=r"predict.final is \[all\] but .*final/model.pt does not exist.*dvc repro"):
+        chosen_checkpoints(models, ["all"])
+
+
+def test_cli_uses_the_final_model_and_threshold_from_params(trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    raw, models, _ = trained
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["predict"] = {"final": ["all"], "threshold": 0.3}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(models, tmp_path / "train")
+    (tmp_path / "train" / "final").mkdir()
+    shutil.copy(models / "fold_0" / "model.pt", tmp_path / "train" / "final" / "model.pt")  # a stand-in final model
+    run_main(monkeypatch, tmp_path, raw, "--models", "train", "--out", "out.csv", "--explain", "heat",
+             "--device", "cpu")
+    assert "the final model" in capsys.readouterr().err
+    written = pd.read_csv(tmp_path / "out.csv", dtype={"predicted": str})
+    alone = predict(load_ensemble([models / "fold_0" / "model.pt"]), collect_images([raw]))
+    np.testing.assert_allclose(written["prob_1"], alone["prob_1"], atol=1e-5)
+    assert list(written["predicted"]) == ["1" if p >= 0.3 else "0" for p in written["prob_1"]]
+    assert all((tmp_path / p).is_file() for p in written["heatmap"])

@@ -64,8 +64,10 @@ def fake_heatmaps(train_dir: Path, predictions: pd.DataFrame) -> None:
         names = [f"{i}.png" for i in range(len(chosen))]
         for name in names:
             Image.new("RGB", (48, 48), (200, 40, 40)).save(folder / name)
-        chosen.assign(explained="1", correct=chosen["label"] == chosen["predicted"], heatmap=names)[
-            ["file", "label", "predicted", "explained", "correct", "heatmap"]
+        probs = [c for c in chosen.columns if c.startswith("prob_")]
+        explained = chosen.columns[-1].removeprefix("prob_")  # the positive (binary) or last class
+        chosen.assign(explained=explained, correct=chosen["label"] == chosen["predicted"], heatmap=names)[
+            ["file", "label", "predicted", *probs, "explained", "correct", "heatmap"]
         ].to_csv(folder / "heatmaps.csv", index=False)
 
 
@@ -113,6 +115,7 @@ def test_heatmap_gallery_puts_mistakes_first(tmp_path: Path, binary: list[Path])
     gallery = page[page.index("Where the models look"):]
     verdicts = re.findall(r'predicted <span class="(good|bad)">', gallery)
     assert verdicts == ["bad", "bad", "bad", "good", "good"]
+    assert "heat of class 1, P(1) 0.600" in gallery  # b, the surest false alarm, in fold 0
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path, binary: list[Path]) -> None:
