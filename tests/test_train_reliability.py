@@ -192,7 +192,7 @@ def cli_env() -> dict[str, str]:
     return env | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0"}
 
 
-def train_cmd(out: str, fold: int = 1) -> list[str]:
+def train_cmd(out: str, fold: int | str = 1) -> list[str]:
     return [sys.executable, "-m", "stages.train", "images", "folds.csv", str(fold), out]
 
 
@@ -209,7 +209,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def read_metrics(folder: Path, *ignore: str) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if k not in ("seconds", *ignore)}
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "timing", *ignore)}
 
 
 def assert_same_fold(a: Path, b: Path, *ignore: str) -> None:
@@ -228,6 +228,38 @@ def test_two_cli_runs_give_byte_identical_predictions_and_history(project: Path)
     assert_same_fold(project / "ref", project / "again")
     assert read_metrics(project / "ref")["mlflow"] == "ok"
     assert not (project / "ref" / CHECKPOINT_NAME).exists()  # removed once the outputs were written
+    timing = json.loads((project / "ref" / "metrics.json").read_text())["timing"]
+    assert list(timing) == list(train.PHASES) and all(seconds > 0 for seconds in timing.values())
+    assert timing["startup"] > 1  # Python starting and importing torch and MLflow
+
+
+def test_cli_explains_every_mistake_and_some_correct_images(project: Path) -> None:
+    predictions = pd.read_csv(project / "ref" / "predictions.csv", dtype={"label": str, "predicted": str})
+    heatmaps = pd.read_csv(project / "ref" / train.HEATMAPS_DIR / "heatmaps.csv", dtype={"label": str})
+    wrong = set(predictions.loc[predictions["label"] != predictions["predicted"], "file"])
+    assert wrong <= set(heatmaps["file"])
+    assert heatmaps["correct"].sum() == min(tiny_params()["train"]["explain_correct"], len(predictions) - len(wrong))
+    for name in heatmaps["heatmap"]:  # overlays on the model input, at its size
+        with Image.open(project / "ref" / train.HEATMAPS_DIR / name) as overlay:
+            assert overlay.size == (tiny_params()["resize"]["img_size"],) * 2
+    assert (project / "again" / train.HEATMAPS_DIR / "heatmaps.csv").read_bytes() == (
+        project / "ref" / train.HEATMAPS_DIR / "heatmaps.csv").read_bytes()
+
+
+def test_cli_all_trains_the_final_model_on_every_image_and_logs_it(project: Path) -> None:
+    done = subprocess.run(train_cmd("final", "all"), cwd=project, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = project / "final"
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "model.pt"]
+    metrics = read_metrics(out)
+    assert metrics["fold"] == "all" and metrics["n_train"] == 24 and metrics["n_val"] == 0
+    assert metrics["epoch_kept"] == 4 and metrics["val_loss"] is None and metrics["mlflow"] == "ok"
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("burrscope").experiment_id
+    (run,) = client.search_runs([experiment], "tags.fold = 'final'")
+    assert run.info.status == "FINISHED" and run.data.params["fold"] == "final"
+    assert set(run.data.metrics) == {"epoch", "train_loss", "train_accuracy"}
 
 
 def test_a_fold_killed_mid_training_resumes_on_rerun_to_the_same_result(project: Path) -> None:
