@@ -4,7 +4,8 @@ The folds run as separate processes (and, under Snakemake, side by side), so the
 run. Each fold finds-or-creates the parent under a file lock, keyed by what defines the pipeline run (the
 DVC experiment name, the params and the fold assignment), and logs into its own child run through
 MlflowClient, which ignores a leftover MLFLOW_RUN_ID (mlflow#15713). Aggregate logs the summary to the
-parent and closes it.
+parent and closes it. The final model (trained on every image) and the export stage may run after that:
+they attach their child runs to the latest parent with the key, closed or not, and never reopen it.
 
 Tracking must never cost a trained fold. An unreachable store (a bad MLFLOW_TRACKING_URI, a server that is
 down, a sqlite file in a folder that cannot be created) stops the fold before training, with one line naming
@@ -79,10 +80,10 @@ def _reason(err: BaseException) -> str:
 
 
 @contextmanager
-def _http_limits(limits: Mapping[str, str]) -> Iterator[None]:
-    """Set MLflow's HTTP retry and timeout env vars for the calls inside, unless the user has set them."""
-    added = [name for name in limits if name not in os.environ]
-    os.environ.update({name: limits[name] for name in added})
+def _env_defaults(values: Mapping[str, str]) -> Iterator[None]:
+    """Set env vars (MLflow's HTTP retries and timeouts) for the calls inside, unless the user has set them."""
+    added = [name for name in values if name not in os.environ]
+    os.environ.update({name: values[name] for name in added})
     try:
         yield
     finally:
@@ -152,8 +153,15 @@ def _find_parent(client: MlflowClient, experiment_id: str, key: str, running_onl
     return runs[0].info.run_id if runs else None
 
 
-def _parent_run(client: MlflowClient, experiment_id: str, key: str, params: Mapping[str, Any]) -> str:
-    found = _find_parent(client, experiment_id, key, running_only=True)
+def _parent_run(client: MlflowClient, experiment_id: str, key: str, params: Mapping[str, Any],
+                cross_validation: bool) -> str:
+    """The running parent with the key, else (outside cross-validation) the latest closed one, else a new one.
+
+    A fold finding only a closed parent is a rerun of the whole pipeline, which gets a new parent; the final
+    model may legitimately train after aggregate has closed its parent.
+    """
+    found = (_find_parent(client, experiment_id, key, running_only=True)
+             or (None if cross_validation else _find_parent(client, experiment_id, key, running_only=False)))
     if found:
         return found
     name = os.environ.get("DVC_EXP_NAME") or time.strftime("pipeline-%Y%m%d-%H%M%S")
@@ -162,7 +170,7 @@ def _parent_run(client: MlflowClient, experiment_id: str, key: str, params: Mapp
     return run.info.run_id
 
 
-def _close_killed_attempts(client: MlflowClient, experiment_id: str, parent_id: str, fold: int) -> None:
+def _close_killed_attempts(client: MlflowClient, experiment_id: str, parent_id: str, fold: str) -> None:
     """A fold killed outright (SIGKILL, power loss) leaves its run RUNNING; its rerun marks it KILLED.
 
     DVC and Snakemake never run one fold of one pipeline run twice at once, so a RUNNING sibling is dead.
@@ -172,41 +180,47 @@ def _close_killed_attempts(client: MlflowClient, experiment_id: str, parent_id: 
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
 
+def _unreachable_advice(root: Path) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return ("fix MLFLOW_TRACKING_URI (or start its server), "
+                f"or unset it to track into sqlite:///{root / 'mlflow.db'}")
+    return f"make {root} writable, or set MLFLOW_TRACKING_URI to a reachable tracking server"
+
+
 class FoldRun:
     """A fold's child run: params at start, metrics once per epoch, artifacts and status at the end.
 
+    `fold` is a fold number (0, "3"), or a label such as "final" for a model trained outside the
+    cross-validation, whose run is named after it and joins the parent even once aggregate has closed it.
     Creating it is the reachability check: it raises TrackingUnavailable before any training. After that,
     an MLflow error never propagates: the first one is printed as a warning, kept in `status`, and the run
     stops logging.
     """
 
-    def __init__(self, params: Mapping[str, Any], folds_csv: Path, fold: int) -> None:
+    def __init__(self, params: Mapping[str, Any], folds_csv: Path, fold: int | str) -> None:
         root = workspace_root()
         key = pipeline_key(params, folds_csv)
         uri = tracking_uri(root)
+        label = str(fold)
+        cross_validation = label.isdigit()
         self.failure: str | None = None
         try:
-            with _http_limits(PROBE_LIMITS):
+            with _env_defaults(PROBE_LIMITS):
                 # Under the lock: the first client to open a new sqlite store creates its tables, and folds
                 # starting side by side would race to do it.
                 with _workspace_lock(root):
                     self.client = MlflowClient(uri)
                     experiment_id = _experiment_id(self.client, params["mlflow"]["experiment"], root)
-                    self.parent_id = _parent_run(self.client, experiment_id, key, params)
+                    self.parent_id = _parent_run(self.client, experiment_id, key, params, cross_validation)
                 # Only parents carry the pipeline key, so the search above never finds a fold.
-                _close_killed_attempts(self.client, experiment_id, self.parent_id, fold)
-                tags = {PARENT_RUN_TAG: self.parent_id, "fold": str(fold)}
-                self.run_id = self.client.create_run(experiment_id, run_name=f"fold-{fold}", tags=tags).info.run_id
-                _log_params(self.client, self.run_id, {**flatten(run_defining(params)), "fold": str(fold)})
+                _close_killed_attempts(self.client, experiment_id, self.parent_id, label)
+                tags = {PARENT_RUN_TAG: self.parent_id, "fold": label}
+                name = f"fold-{label}" if cross_validation else label
+                self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+                _log_params(self.client, self.run_id, {**flatten(run_defining(params)), "fold": label})
         except Exception as err:  # any store, any failure: the message below is what the user can act on
-            if os.environ.get("MLFLOW_TRACKING_URI"):
-                advice = ("fix MLFLOW_TRACKING_URI (or start its server), "
-                          f"or unset it to track into sqlite:///{root / 'mlflow.db'}")
-            else:
-                advice = f"make {root} writable, or set MLFLOW_TRACKING_URI to a reachable tracking server"
-            raise TrackingUnavailable(
-                f"MLflow tracking at {shown_uri(uri)} is unreachable ({_reason(err)}); nothing was trained: {advice}."
-            ) from err
+            raise TrackingUnavailable(f"MLflow tracking at {shown_uri(uri)} is unreachable ({_reason(err)}); "
+                                      f"nothing was trained: {_unreachable_advice(root)}.") from err
 
     @property
     def status(self) -> str:
@@ -222,7 +236,7 @@ class FoldRun:
     def _terminate(self, status: int) -> None:
         """Best effort: a store that just failed may well fail again, and that must not cost anything."""
         try:
-            with _http_limits(PROBE_LIMITS):
+            with _env_defaults(PROBE_LIMITS):
                 self.client.set_terminated(self.run_id, RunStatus.to_string(status))
         except Exception:  # already reported, or about to be replaced by the error that got us here
             pass
@@ -233,7 +247,7 @@ class FoldRun:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         try:
-            with _http_limits(LOGGING_LIMITS):
+            with _env_defaults(LOGGING_LIMITS):
                 self.client.log_batch(self.run_id, metrics=batch)
         except Exception as err:
             self._failed(f"logging epoch {epoch}", err)
@@ -244,7 +258,7 @@ class FoldRun:
             return self.status
         tags = [RunTag("weights.name", weights.name), RunTag("weights.sha256", weights.sha256 or "none")]
         try:
-            with _http_limits(LOGGING_LIMITS):
+            with _env_defaults(LOGGING_LIMITS):
                 self.client.log_batch(self.run_id, tags=tags)
                 for path in artifacts:
                     self.client.log_artifact(self.run_id, str(path))
@@ -282,3 +296,50 @@ def log_aggregate(params: Mapping[str, Any], folds_csv: Path, metrics: Mapping[s
         client.log_artifact(parent_id, str(path))
     client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))
     return parent_id
+
+
+EXPORT_RUN = "export"
+
+
+def log_export(params: Mapping[str, Any], folds_csv: Path, model: Mapping[str, Any],
+               tags: Mapping[str, str]) -> dict[str, Any]:
+    """Log a pyfunc model in an `export` child run of this pipeline run's parent and register it.
+
+    `model` holds mlflow.pyfunc.log_model's arguments but its name and registry name. The parent is the latest
+    with the pipeline key, closed or not, and is not reopened; without one the run stands alone. Never raises:
+    the outcome, `status` "ok" or "failed: ...", is returned for export.json and a failure is also warned about.
+    """
+    import mlflow
+    import mlflow.pyfunc  # only the export pays for the pyfunc machinery
+
+    root = workspace_root()
+    uri = tracking_uri(root)
+    name = params["mlflow"]["registered_model"]
+    outcome: dict[str, Any] = {"tracking_uri": shown_uri(uri), "registered_model": name}
+    try:
+        with _env_defaults(PROBE_LIMITS):
+            with _workspace_lock(root):
+                client = MlflowClient(uri)
+                experiment_id = _experiment_id(client, params["mlflow"]["experiment"], root)
+            parent_id = _find_parent(client, experiment_id, pipeline_key(params, folds_csv), running_only=False)
+            run_tags = {**tags, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
+            outcome["run_id"] = client.create_run(experiment_id, run_name=EXPORT_RUN, tags=run_tags).info.run_id
+            outcome["parent_run_id"] = parent_id
+    except Exception as err:
+        outcome["status"] = (f"failed: MLflow tracking at {shown_uri(uri)} is unreachable ({_reason(err)}); "
+                             f"to log and register the written export, {_unreachable_advice(root)} and rerun the stage")
+    else:
+        try:
+            # log_model only logs into the fluent active run, found through the fluent tracking URI.
+            with _env_defaults({**LOGGING_LIMITS, "MLFLOW_TRACKING_URI": uri}), \
+                    mlflow.start_run(run_id=outcome["run_id"]):
+                _log_params(client, outcome["run_id"], flatten(params))
+                info = mlflow.pyfunc.log_model(name="model", registered_model_name=name, **model)
+            outcome.update(status="ok", model_uri=info.model_uri, version=info.registered_model_version,
+                           registered_model_uri=f"models:/{name}/{info.registered_model_version}")
+        except Exception as err:
+            outcome["status"] = f"failed: logging the model: {_reason(err)}"
+    if outcome["status"] != "ok":
+        print(f"warning: MLflow {outcome['status']}. The exported files are written; they are not registered.",
+              file=sys.stderr, flush=True)
+    return outcome

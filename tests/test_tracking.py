@@ -9,7 +9,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from stages.models import Weights
-from stages.tracking import FoldRun, flatten, log_aggregate, tracking_uri, workspace_root
+from stages.tracking import FoldRun, flatten, log_aggregate, log_export, tracking_uri, workspace_root
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = Weights("test weights", "ab" * 32, None)
@@ -102,3 +102,30 @@ def test_a_failing_fold_is_marked_failed(workspace: Path) -> None:
 
 def test_aggregate_without_trained_folds_logs_nothing(workspace: Path) -> None:
     assert log_aggregate(params(), workspace / "folds.csv", {"x": 1.0}, []) is None
+
+
+def test_the_final_model_joins_the_closed_parent_but_a_rerun_fold_gets_a_new_one(workspace: Path) -> None:
+    folds_csv = workspace / "folds.csv"
+    with FoldRun(params(), folds_csv, 0) as fold:
+        fold.finish(WEIGHTS, [])
+    log_aggregate(params(), folds_csv, {}, [])
+    with FoldRun(params(), folds_csv, "final") as final:
+        final.finish(WEIGHTS, [])
+    assert final.parent_id == fold.parent_id
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    run = client.get_run(final.run_id)
+    assert (run.info.run_name, run.data.tags["fold"], run.data.params["fold"]) == ("final", "final", "final")
+    assert client.get_run(fold.parent_id).info.status == "FINISHED"  # joined, not reopened
+    with FoldRun(params(), folds_csv, "0") as rerun:  # a fold number as text is still a fold
+        rerun.finish(WEIGHTS, [])
+    assert rerun.parent_id != fold.parent_id
+    assert client.get_run(rerun.run_id).info.run_name == "fold-0"
+
+
+def test_export_to_an_unreachable_store_is_a_recorded_failure(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    outcome = log_export(params(), workspace / "folds.csv", {}, {})
+    assert outcome["status"].startswith("failed: MLflow tracking at http://127.0.0.1:9 is unreachable")
+    assert "fix MLFLOW_TRACKING_URI" in outcome["status"] and "run_id" not in outcome
+    assert "warning: MLflow failed" in capsys.readouterr().err
