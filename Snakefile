@@ -15,3 +15,4 @@ include: "workflow/pipeline.smk"
 rule all:
     input:
         "reports/report.html",
+        "results/export/model.onnx",

@@ -18,16 +18,32 @@ LOG_SUFFIX = re.compile(r"\s*2>&1 \| tee \S+$")
 Node = tuple[str, frozenset[str], frozenset[str], frozenset[str]]  # command, inputs, outputs, param keys
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the pipeline definition with an empty raw folder, so neither tool touches the repo."""
-    root = tmp_path_factory.mktemp("graphs")
+def copy_definition(root: Path) -> dict:
+    """The pipeline definition copied into root, with an empty raw folder; the params."""
     for name in GRAPH_FILES:
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (root / params["data"]["raw_dir"]).mkdir(parents=True)
     (root / params["data"]["labels"]).write_text("file,label\n")
+    return params
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the pipeline definition with an empty raw folder, so neither tool touches the repo."""
+    root = tmp_path_factory.mktemp("graphs")
+    copy_definition(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def final_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, with the optional final model switched on (predict.final: [all])."""
+    root = tmp_path_factory.mktemp("graphs_final")
+    params = copy_definition(root)
+    params["predict"]["final"] = ["all"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
 
@@ -48,7 +64,9 @@ def dvc_nodes(root: Path) -> dict[str, Node]:
     for st in stages:
         deps = {p for d in st.deps if not isinstance(d, ParamsDependency) for p in expand(d.def_path)}
         keys = {k for d in st.deps if isinstance(d, ParamsDependency) for k in d.params}
-        nodes[st.name] = (st.cmd, frozenset(deps), frozenset(o.def_path for o in st.outs), frozenset(keys))
+        # The optional final model is a foreach over predict.final ([all]): DVC calls it final@all.
+        stage_outs = frozenset(o.def_path for o in st.outs)
+        nodes[st.name.removesuffix("@all")] = (st.cmd, frozenset(deps), stage_outs, frozenset(keys))
     return nodes
 
 
@@ -72,15 +90,25 @@ def snakemake_nodes(root: Path) -> dict[str, Node]:
     return nodes
 
 
-def test_dvc_and_snakemake_describe_the_same_graph(workdir: Path) -> None:
-    dvc, snakemake = dvc_nodes(workdir), snakemake_nodes(workdir)
+@pytest.mark.parametrize("root", ["workdir", "final_workdir"])
+def test_dvc_and_snakemake_describe_the_same_graph(root: str, request: pytest.FixtureRequest) -> None:
+    folder = request.getfixturevalue(root)
+    dvc, snakemake = dvc_nodes(folder), snakemake_nodes(folder)
     assert sorted(dvc) == sorted(snakemake)
     for name in dvc:
         assert dvc[name] == snakemake[name], name
+    assert ("final" in dvc) == (root == "final_workdir")  # the final model only when predict.final asks for it
 
 
-def test_every_stage_lists_the_stage_module_it_runs(workdir: Path) -> None:
-    for name, (cmd, deps, _, _) in dvc_nodes(workdir).items():
+def test_the_final_model_feeds_export_but_not_cross_validation(final_workdir: Path) -> None:
+    nodes = dvc_nodes(final_workdir)
+    final_outs = nodes["final"][2]
+    assert final_outs <= nodes["export"][1]
+    assert not final_outs & (nodes["train@0"][1] | nodes["split"][1])
+
+
+def test_every_stage_lists_the_stage_module_it_runs(final_workdir: Path) -> None:
+    for name, (cmd, deps, _, _) in dvc_nodes(final_workdir).items():
         module = re.search(r"python -m stages\.(\w+)", cmd)
         assert module, name
         assert f"stages/{module.group(1)}.py" in deps, name
@@ -107,9 +135,9 @@ def runtime_imports(module: str) -> set[str]:
     return seen
 
 
-def test_stage_deps_are_exactly_the_code_each_stage_runs(workdir: Path) -> None:
+def test_stage_deps_are_exactly_the_code_each_stage_runs(final_workdir: Path) -> None:
     """Editing a helper reruns every stage that imports it, and only those."""
-    for name, (cmd, deps, _, _) in dvc_nodes(workdir).items():
+    for name, (cmd, deps, _, _) in dvc_nodes(final_workdir).items():
         module = re.search(r"python -m stages\.(\w+)", cmd).group(1)
         code = {f"stages/{m}.py" for m in runtime_imports(module) | {module}}
         assets = {d for d in deps if d.startswith("stages/") and not d.endswith(".py")}
@@ -130,7 +158,10 @@ def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
                 return {n.split("@")[0] for n in changed}
             changed |= more
 
-    assert rerun_by("lr") == {"train", "aggregate", "report"}
-    assert rerun_by("resize.img_size") == {"resize", "train", "aggregate", "report"}
-    assert rerun_by("composite.background") == {"composite", "resize", "train", "aggregate", "report"}
-    assert rerun_by("split.folds") == {"split", "train", "aggregate", "report"}
+    assert rerun_by("lr") == {"train", "aggregate", "report", "export"}
+    assert rerun_by("resize.img_size") == {"resize", "train", "aggregate", "report", "export"}
+    assert rerun_by("composite.background") == {"composite", "resize", "train", "aggregate", "report", "export"}
+    assert rerun_by("split.folds") == {"split", "train", "aggregate", "report", "export"}
+    # Using the model differently retrains nothing.
+    assert rerun_by("predict.threshold") == {"aggregate", "report", "export"}
+    assert rerun_by("mlflow.registered_model") == {"report", "export"}

@@ -6,8 +6,13 @@ from operator import getitem
 
 FOLDS = config["split"]["fold_ids"]
 COMMON_CODE = ["stages/errors.py", "stages/files.py", "stages/params.py", "stages/params.schema.json"]
-TRAINING_KEYS = ["seed", "model", "pretrained", "lr", "epochs", "batch_size", "resize.img_size",
+TRAINING_KEYS = ["seed", "model", "finetune", "pretrained", "lr", "epochs", "batch_size", "resize.img_size",
                  "composite.background", "train", "mlflow.experiment"]
+# explain.py names heatmaps as normalise.py names files.
+TRAINING_CODE = ["stages/train.py", "stages/models.py", "stages/explain.py", "stages/normalise.py", "stages/imageops.py",
+                 "stages/tracking.py", "stages/classes.py", "stages/tables.py", *COMMON_CODE]
+# `predict.final: [all]` adds the final model, trained on every image (dvc.yaml: a foreach over the same list).
+FINAL = config["predict"]["final"]
 # Folds share one GPU one at a time (profiles/default caps `gpu` at 1); CPU-only folds run side by side.
 GPU = 1 if config["train"]["device"] != "cpu" and shutil.which("nvidia-smi") else 0
 
@@ -18,8 +23,13 @@ def tracked(*keys):
 
 
 def fold_outputs(fold):
-    return [f"results/train/fold_{fold}/{name}" for name in ("model.pt", "predictions.csv", "metrics.json",
-                                                             "history.csv")]
+    return [f"results/train/fold_{fold}/{name}" for name in ("model.pt", "predictions.csv", "heatmaps",
+                                                             "metrics.json", "history.csv")]
+
+
+# What sits in results/train, which the stages after training depend on as a whole (as DVC sees that folder).
+TRAIN_OUTPUTS = [path for fold in FOLDS for path in fold_outputs(fold)]
+TRAIN_OUTPUTS += [f"results/train/final/{name}" for name in ("model.pt", "metrics.json", "history.csv") if FINAL]
 
 
 wildcard_constraints:
@@ -93,11 +103,11 @@ rule train:
     input:
         images="data/processed/images",
         folds="data/processed/folds.csv",
-        code=["stages/train.py", "stages/models.py", "stages/tracking.py", "stages/classes.py", "stages/tables.py",
-              *COMMON_CODE],
+        code=TRAINING_CODE,
     output:
         model="results/train/fold_{fold}/model.pt",
         predictions="results/train/fold_{fold}/predictions.csv",
+        heatmaps=directory("results/train/fold_{fold}/heatmaps"),
         metrics="results/train/fold_{fold}/metrics.json",
         history="results/train/fold_{fold}/history.csv",
     params:
@@ -112,19 +122,42 @@ rule train:
         " 2>&1 | tee {log}"
 
 
+rule final:
+    message: "Training the final model on every image"
+    input:
+        images="data/processed/images",
+        folds="data/processed/folds.csv",
+        code=TRAINING_CODE,
+    output:
+        model="results/train/final/model.pt",
+        metrics="results/train/final/metrics.json",
+        history="results/train/final/history.csv",
+    params:
+        tracked=tracked(*TRAINING_KEYS),
+    threads: workflow.cores
+    resources:
+        gpu=GPU,
+    log:
+        "logs/final.log",
+    shell:
+        "python -m stages.train {input.images} {input.folds} all results/train/final 2>&1 | tee {log}"
+
+
 rule aggregate:
     message: "Pooling out-of-fold predictions into cross-validated metrics"
     input:
         folds="data/processed/folds.csv",
-        train=[path for fold in FOLDS for path in fold_outputs(fold)],
+        train=TRAIN_OUTPUTS,
         code=["stages/aggregate.py", "stages/tracking.py", "stages/classes.py", "stages/tables.py", *COMMON_CODE],
     output:
         predictions="results/aggregate/predictions.csv",
         metrics="results/aggregate/metrics.json",
         confusion="results/aggregate/confusion.csv",
         roc="results/aggregate/roc.csv",
+        thresholds="results/aggregate/thresholds.csv",
+        calibration="results/aggregate/calibration.csv",
     params:
-        tracked=tracked(*TRAINING_KEYS, "split.folds"),
+        tracked=tracked(*TRAINING_KEYS, "split.folds", "predict.threshold"),
     log:
         "logs/aggregate.log",
     shell:
@@ -136,17 +169,37 @@ rule report:
     input:
         manifest="data/interim/manifest.csv",
         images="data/processed/images",
-        train=[path for fold in FOLDS for path in fold_outputs(fold)],
+        train=TRAIN_OUTPUTS,
         aggregate=rules.aggregate.output,
         code=["stages/report.py", "stages/report_template.html", "stages/classes.py", "stages/imageops.py",
               "stages/tables.py", *COMMON_CODE],
     output:
         report="reports/report.html",
     params:
-        tracked=tracked("seed", "model", "pretrained", "lr", "epochs", "batch_size", "data", "composite", "resize",
-                        "split", "train", "mlflow"),
+        tracked=tracked("seed", "model", "finetune", "pretrained", "lr", "epochs", "batch_size", "data", "composite",
+                        "resize", "split", "train", "predict", "mlflow"),
     log:
         "logs/report.log",
     shell:
         "python -m stages.report {input.manifest} {input.images} results/train results/aggregate {output.report}"
         " 2>&1 | tee {log}"
+
+
+rule export:
+    message: "Exporting the chosen model to TorchScript and ONNX, and registering it in MLflow"
+    input:
+        folds="data/processed/folds.csv",
+        images="data/processed/images",
+        train=TRAIN_OUTPUTS,
+        code=["stages/export.py", "stages/predict.py", *TRAINING_CODE],
+    output:
+        torchscript="results/export/model.ts",
+        onnx="results/export/model.onnx",
+        summary="results/export/export.json",
+    params:
+        tracked=tracked(*(key for key in TRAINING_KEYS if key != "mlflow.experiment"), "split.folds", "predict",
+                        "mlflow"),
+    log:
+        "logs/export.log",
+    shell:
+        "python -m stages.export {input.folds} {input.images} results/train results/export 2>&1 | tee {log}"
