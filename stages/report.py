@@ -60,7 +60,8 @@ def esc(value: object) -> str:
 
 
 def num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
+    """Three decimals; a metric that is undefined (missing, or NaN in a table) shows as a dash."""
+    return "—" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -230,7 +231,9 @@ def threshold_section(thresholds_csv: Path, chosen: float | None, positive: str)
     if chosen is None:
         return '<p class="note">The decision threshold applies to two classes only: the most probable class wins.</p>'
     columns = ["threshold", "precision", "recall", "flagged", "missed", "false_alarms"]
-    thresholds = read_table(thresholds_csv, columns, numeric=columns)
+    thresholds = read_table(thresholds_csv, columns, numeric=["threshold", "flagged", "missed", "false_alarms"])
+    for column in ("precision", "recall"):  # empty where undefined: nothing flagged, or no positives
+        thresholds[column] = [float(value) if value else math.nan for value in thresholds[column]]
     rows = [[f"{row.threshold:g}", num(row.precision), num(row.recall), f"{row.flagged:.0%}", int(row.missed),
              int(row.false_alarms)] for row in thresholds.itertuples()]
     marked = {i for i, value in enumerate(thresholds["threshold"]) if value == chosen}

@@ -110,6 +110,14 @@ def test_report_has_threshold_table_and_calibration(tmp_path: Path, binary: list
     assert 'alt="calibration plot"' in page
 
 
+def test_undefined_precision_shows_as_a_dash(tmp_path: Path, binary: list[Path]) -> None:
+    thresholds = binary[3] / "thresholds.csv"  # aggregate leaves precision empty where nothing is flagged
+    table = pd.read_csv(thresholds, dtype=str)
+    table.loc[table["threshold"] == "0.9", "precision"] = ""
+    table.to_csv(thresholds, index=False)
+    assert "<tr><td>0.9</td><td>—</td><td>0.250</td>" in report(tmp_path, binary)
+
+
 def test_heatmap_gallery_puts_mistakes_first(tmp_path: Path, binary: list[Path]) -> None:
     page = report(tmp_path, binary)
     gallery = page[page.index("Where the models look"):]
