@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from stages.errors import DataError, user_errors
 from stages.files import atomic_dir, sha256_file, write_text_atomic
-from stages.imageops import list_images
+from stages.imageops import list_images, parallel_map
 from stages.params import load_params
 
 # Transliteration lengthens names (one Chinese character -> up to 6 letters); stay far below 255 bytes.
@@ -250,27 +250,37 @@ def _sha256_or_blank(path: Path) -> str:
         return ""
 
 
+def _examine(path: Path) -> tuple[tuple[int, int, str] | BadImage, str]:
+    """One image's share of the manifest: inspect_image's result (or the BadImage it raised) and the sha256."""
+    try:
+        header: tuple[int, int, str] | BadImage = inspect_image(path)
+    except BadImage as err:
+        header = err
+    return header, _sha256_or_blank(path)
+
+
 def build_manifest(
-    raw_dir: Path, labels_csv: Path, on_bad_image: str = "error", classes: Sequence[object] | None = None
+    raw_dir: Path,
+    labels_csv: Path,
+    on_bad_image: str = "error",
+    classes: Sequence[object] | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """One row per raw image (MANIFEST_COLUMNS, then group if labelled): kept images sorted by
     normalised_name, then skipped ones by original_name.
 
     on_bad_image="error" raises DataError listing every unusable image; "skip" keeps their rows with the
     reason in `skipped` and no normalised name (nothing is copied for them). Labels problems (including
-    labels outside `classes`, when given) always raise DataError listing every problem.
+    labels outside `classes`, when given) always raise DataError listing every problem. Images are decoded
+    and hashed on every core (workers as in stages.imageops.parallel_map); the result does not depend on it.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
     paths = list_images(raw_dir)
     labels = read_labels(labels_csv)
     problems = _label_problems(labels, [path.name for path in paths], classes)
-    headers, bad = {}, {}
-    for path in paths:
-        try:
-            headers[path.name] = inspect_image(path)
-        except BadImage as err:
-            bad[path.name] = str(err)
+    examined = dict(zip([path.name for path in paths], parallel_map(_examine, paths, workers), strict=True))
+    bad = {name: str(header) for name, (header, _) in examined.items() if isinstance(header, BadImage)}
     if on_bad_image == "error":
         problems += [f"{name}: {reason}; {BAD_IMAGE_FIX}" for name, reason in bad.items()]
     if problems:
@@ -286,12 +296,13 @@ def build_manifest(
     rows = []
     for path in paths:
         normalised, collision = names.get(path.name, ("", ""))
-        width, height, mode = headers.get(path.name, ("", "", ""))
+        header, sha256 = examined[path.name]
+        width, height, mode = ("", "", "") if path.name in bad else header
         row = {
             "original_name": path.name,
             "normalised_name": normalised,
             "label": by_file.at[path.name, "label"],
-            "sha256": _sha256_or_blank(path),
+            "sha256": sha256,
             "width": width,
             "height": height,
             "mode": mode,
@@ -312,9 +323,10 @@ def normalise(
     manifest_csv: Path,
     on_bad_image: str = "error",
     classes: Sequence[object] | None = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Copy each usable raw image byte-for-byte to out_dir/<normalised_name>, then write the manifest."""
-    manifest = build_manifest(raw_dir, labels_csv, on_bad_image, classes)
+    manifest = build_manifest(raw_dir, labels_csv, on_bad_image, classes, workers)
     with atomic_dir(out_dir) as tmp:
         for row in manifest[manifest.skipped == ""].itertuples():
             shutil.copyfile(Path(raw_dir) / row.original_name, tmp / row.normalised_name)

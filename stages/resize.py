@@ -11,9 +11,14 @@ from stages.imageops import RGB, map_folder, prepare_input
 from stages.params import load_params
 
 
-def resize(in_dir: Path, out_dir: Path, background: RGB, img_size: int) -> int:
-    """Write out_dir/<stem>.png, img_size square, for every image in in_dir; returns how many."""
-    return map_folder(in_dir, out_dir, partial(prepare_input, background=background, img_size=img_size))
+def resize(in_dir: Path, out_dir: Path, background: RGB, img_size: int, workers: int | None = None) -> int:
+    """Write out_dir/<stem>.png, img_size square, for every image in in_dir, on every core; returns how many.
+
+    Pillow's default PNG level: small files encode fast at it, and their bytes (hence DVC's hash, which
+    decides whether training reruns) stay those of earlier runs.
+    """
+    transform = partial(prepare_input, background=background, img_size=img_size)
+    return map_folder(in_dir, out_dir, transform, workers=workers)
 
 
 def main() -> None:

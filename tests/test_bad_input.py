@@ -126,6 +126,26 @@ def test_unusable_image_is_skipped_and_listed(raw: Path, tmp_path: Path, name: s
     assert name not in fold_table(manifest).file.tolist() and len(fold_table(manifest)) == 4
 
 
+def test_parallel_check_names_every_bad_file_as_serial_does(raw: Path, tmp_path: Path) -> None:
+    for name, (data, _) in BAD_FILES.items():
+        (raw / name).write_bytes(data)
+    for i in range(4, 12):
+        noise(6, 4, seed=i).save(raw / f"good{i}.png")
+    rows = [f"good{i}.png,{i % 2}" for i in range(12)] + [f"{name},1" for name in BAD_FILES]
+    labels = write_labels(tmp_path / "labels.csv", rows)
+    messages = []
+    for workers in (1, 2):
+        with pytest.raises(DataError) as info:
+            build_manifest(raw, labels, workers=workers)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    for name, (_, reason) in BAD_FILES.items():
+        assert f"  {name}: {reason}" in messages[1]
+    serial, parallel = (build_manifest(raw, labels, on_bad_image="skip", workers=workers) for workers in (1, 2))
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert (parallel.skipped != "").sum() == len(BAD_FILES) and (parallel.sha256 != "").all()
+
+
 def test_skip_mode_still_needs_a_usable_image(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "a.png").write_bytes(b"")

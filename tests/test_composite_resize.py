@@ -84,3 +84,39 @@ def test_resize_pads_and_sizes_every_image(photos: Path, tmp_path: Path) -> None
 def test_resize_refuses_uncomposited_input(photos: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cutout\.png: pad_to_square needs an RGB image, got mode RGBA"):
         resize(photos, tmp_path / "out", BG, 16)
+
+
+@pytest.fixture
+def many(photos: Path) -> Path:
+    """Enough photos of uneven sizes and assorted modes for several tasks per worker."""
+    rng = np.random.default_rng(0)
+    for i in range(14):
+        height, width = rng.integers(1, 90, 2)
+        pixels = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+        Image.fromarray(pixels, "RGBA").convert(["RGBA", "LA", "P", "RGB"][i % 4]).save(photos / f"n{i:02d}.png")
+    return photos
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_parallel_stages_write_exactly_the_serial_files(many: Path, tmp_path: Path) -> None:
+    for workers in (1, 2):
+        assert composite(many, tmp_path / f"comp{workers}", (255, 0, 255), workers=workers) == 18
+        assert resize(tmp_path / f"comp{workers}", tmp_path / f"out{workers}", (255, 0, 255), 24, workers) == 18
+    assert folder_bytes(tmp_path / "comp1") == folder_bytes(tmp_path / "comp2")
+    assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
+    assert len(set(folder_bytes(tmp_path / "out1").values())) == 18  # not 18 copies of one image
+
+
+def test_parallel_error_names_the_first_bad_file_as_serial_does(many: Path, tmp_path: Path) -> None:
+    for name in ("m_broken.png", "zz_broken.png"):  # the later one sits in a different task
+        (many / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    messages = []
+    for workers in (1, 2):
+        with pytest.raises(DataError) as info:
+            composite(many, tmp_path / "out", BG, workers=workers)
+        messages.append(str(info.value))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing half-written left behind
+    assert messages[0] == messages[1] and "m_broken.png: cannot read image" in messages[1]

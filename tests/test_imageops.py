@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from stages.imageops import (
     list_images,
     output_name,
     pad_to_square,
+    parallel_map,
     prepare_input,
     resize_square,
 )
@@ -107,6 +109,17 @@ def test_composite_properties(mode: str, width: int, height: int, seed: int, bg:
     pixels = np.asarray(out)
     assert (pixels[alpha == 0] == bg).all()
     assert (pixels[alpha == 255] == rgb[alpha == 255]).all()
+    checked = np.isin(alpha, (0, 255)) if mode == "RGBa" else np.ones(alpha.shape, bool)  # see above
+    np.testing.assert_array_equal(pixels[checked], blend(rgb, alpha, bg)[checked])
+
+
+@pytest.mark.parametrize("bg", [(0, 0, 0), (255, 255, 255), (1, 127, 128), (254, 200, 3)])
+def test_blend_is_exact_for_every_value_and_alpha(bg: tuple[int, int, int]) -> None:
+    value, alpha = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    # Each channel meets every alpha (row) with every value (a permutation of the columns).
+    rgb = np.dstack([value, value[:, ::-1], (value.astype(int) + alpha) % 256]).astype(np.uint8)
+    out = composite_on_background(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), bg)
+    np.testing.assert_array_equal(np.asarray(out), blend(rgb, alpha, bg))
 
 
 def test_hidden_colour_under_alpha_zero_never_shows() -> None:
@@ -241,3 +254,24 @@ def test_list_images_refuses_missing_or_empty_folder(tmp_path: Path) -> None:
     (tmp_path / ".DS_Store").write_bytes(b"")
     with pytest.raises(DataError, match="no images"):
         list_images(tmp_path)
+
+
+def pid_unless_negative(item: int) -> tuple[int, int]:
+    """(item, the process that handled it); module-level so that worker processes can unpickle it."""
+    if item < 0:
+        raise ValueError(f"item {item}")
+    return item, os.getpid()
+
+
+def test_parallel_map_keeps_order_in_other_processes() -> None:
+    results = parallel_map(pid_unless_negative, range(40), workers=2)
+    assert [item for item, _ in results] == list(range(40))
+    assert os.getpid() not in {pid for _, pid in results}
+    # Too few items to pay for a pool: done here.
+    assert {pid for _, pid in parallel_map(pid_unless_negative, range(3))} == {os.getpid()}
+
+
+def test_parallel_map_raises_the_first_error_in_order() -> None:
+    items = [*range(30), -1, *range(30), -2]
+    with pytest.raises(ValueError, match=r"^item -1$"):
+        parallel_map(pid_unless_negative, items, workers=2)

@@ -47,6 +47,7 @@ rule normalise:
         manifest="data/interim/manifest.csv",
     params:
         tracked=tracked("data.on_bad_image", "data.classes"),
+    threads: workflow.cores  # the stage spreads its images over every core
     log:
         "logs/normalise.log",
     shell:
@@ -62,6 +63,7 @@ rule composite:
         images=directory("data/interim/composited"),
     params:
         tracked=tracked("composite.background"),
+    threads: workflow.cores  # the stage spreads its images over every core
     log:
         "logs/composite.log",
     shell:
@@ -77,6 +79,7 @@ rule resize:
         images=directory("data/processed/images"),
     params:
         tracked=tracked("composite.background", "resize.img_size"),
+    threads: workflow.cores  # the stage spreads its images over every core
     log:
         "logs/resize.log",
     shell:
