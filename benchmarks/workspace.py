@@ -18,9 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def copy_repo(dest: Path) -> None:
-    """The committed files, without outputs or lock (so every stage runs), in a new git repo at `dest`."""
+    """The working tree's tracked and new (not ignored) files, without outputs or lock (so every stage runs),
+    in a new git repo at `dest`: what is measured is the code as it stands, committed or not."""
     # -z: unquoted names (git escapes the demo's Chinese file names otherwise)
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    names = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout
     for name in names.split("\0"):
         if (REPO / name).is_file() and name != "dvc.lock" and not name.startswith(("results/", "reports/")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -48,20 +50,27 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def timed_repro(root: Path) -> tuple[list[tuple[str, float]], float]:
-    """(stage, seconds) in run order, and the total wall time of `dvc repro` in `root`."""
+def timed_run(root: Path, command: list[str], marker: str) -> tuple[list[tuple[str, float]], float]:
+    """Run `command` in `root`, echoing its output to stderr; (name, seconds) per output line matching the
+    regex `marker` (its group 1 names what started there and lasts until the next match), and the wall time.
+    Exits if the command fails."""
     started = time.perf_counter()
     marks: list[tuple[str, float]] = []
-    with subprocess.Popen(["dvc", "repro"], cwd=root, env=tool_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(command, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
-            found = re.search(r"Running stage '([^']+)'", line)
+            found = re.search(marker, line)
             if found:
                 marks.append((found.group(1), time.perf_counter()))
     total = time.perf_counter() - started
     if proc.returncode:
-        sys.exit(f"dvc repro failed with exit code {proc.returncode}")
+        sys.exit(f"{' '.join(command)} failed with exit code {proc.returncode}")
     ends = [t for _, t in marks[1:]] + [started + total]
     return [(name, end - start) for (name, start), end in zip(marks, ends, strict=True)], total
+
+
+def timed_repro(root: Path) -> tuple[list[tuple[str, float]], float]:
+    """(stage, seconds) in run order, and the total wall time of `dvc repro` in `root`."""
+    return timed_run(root, ["dvc", "repro"], r"Running stage '([^']+)'")
