@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 6
 TINY = {"epochs": 1, "batch_size": 4, "resize": {"img_size": 32}, "split": {"folds": 2, "fold_ids": [0, 1]}}
-STAGES = {"normalise", "composite", "resize", "split", "train@0", "train@1", "aggregate", "report"}
+STAGES = {"normalise", "composite", "resize", "split", "train@0", "train@1", "aggregate", "report", "export"}
+AFTER_TRAINING = {"aggregate", "report", "export"}
 DATA_OUTPUTS = ["data/interim/manifest.csv", "data/processed/folds.csv"]
 
 
@@ -99,13 +101,17 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dvc_repro_produces_every_output(dvc_project: Path) -> None:
     for fold in (0, 1):
-        for name in ("model.pt", "metrics.json", "history.csv", "predictions.csv"):
+        for name in ("model.pt", "metrics.json", "history.csv", "predictions.csv", "heatmaps/heatmaps.csv"):
             assert (dvc_project / f"results/train/fold_{fold}/{name}").is_file()
-    for name in ("metrics.json", "confusion.csv", "roc.csv", "predictions.csv"):
+    for name in ("metrics.json", "confusion.csv", "roc.csv", "thresholds.csv", "calibration.csv", "predictions.csv"):
         assert (dvc_project / "results/aggregate" / name).is_file()
     html = (dvc_project / "reports/report.html").read_text()
-    assert "<html" in html.lower() and "data:image/png;base64," in html
+    assert "<html" in html.lower() and "data:image/png;base64," in html and "Where the models look" in html
     assert len(pd.read_csv(dvc_project / "results/aggregate/predictions.csv")) == 2 * PER_CLASS
+    exported = json.loads((dvc_project / "results/export/export.json").read_text())
+    assert [Path(c["path"]).parent.name for c in exported["source_checkpoints"]] == ["fold_0", "fold_1"]
+    assert max(exported["parity"]["max_abs_diff"].values()) <= exported["parity"]["tolerance"]
+    assert exported["mlflow"]["registered_model_uri"].startswith("models:/burrscope-burr-classifier/")
 
 
 def test_second_dvc_repro_reruns_nothing(dvc_project: Path) -> None:
@@ -121,15 +127,26 @@ def test_dvc_exp_run_reruns_training_only_and_links_mlflow_runs(dvc_project: Pat
     before = mlflow_runs(dvc_project / "mlflow.db")
 
     output = run(["dvc", "exp", "run", "-S", "lr=0.002", "--name", "lr-test"], dvc_project, env)
-    assert stages_run(output) == {"train@0", "train@1", "aggregate", "report"}
+    assert stages_run(output) == {"train@0", "train@1", *AFTER_TRAINING}
     assert "lr-test" in run(["dvc", "exp", "show", "--csv"], dvc_project, env)
 
     new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
     parents = [r for r in new if r[2] is None]
     assert [p[1] for p in parents] == ["lr-test"]
     children = [r for r in new if r[2] is not None]
-    assert sorted(c[1] for c in children) == ["fold-0", "fold-1"]
+    assert sorted(c[1] for c in children) == ["export", "fold-0", "fold-1"]
     assert {c[2] for c in children} == {parents[0][0]}
+
+
+def test_final_model_is_trained_exported_and_used_by_predict(dvc_project: Path) -> None:
+    env = env_for(dvc_project)
+    output = run(["dvc", "exp", "run", "-S", "predict.final=[all]", "--name", "final-model"], dvc_project, env)
+    assert stages_run(output) == {"final@all", *AFTER_TRAINING}  # no fold is retrained
+    exported = json.loads((dvc_project / "results/export/export.json").read_text())
+    assert [c["path"] for c in exported["source_checkpoints"]] == ["results/train/final/model.pt"]
+    raw = sorted((dvc_project / "data/demo/images").iterdir())[:3]
+    printed = run([sys.executable, "-m", "stages.predict", *map(str, raw)], dvc_project, env)
+    assert "the final model" in printed and all(path.name in printed for path in raw)
 
 
 def test_temp_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:
@@ -137,7 +154,7 @@ def test_temp_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:
     before = mlflow_runs(dvc_project / "mlflow.db")
     run(["dvc", "exp", "run", "--temp", "-S", "lr=0.003", "--name", "lr-temp"], dvc_project, env)
     new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
-    assert sorted(r[1] for r in new) == ["fold-0", "fold-1", "lr-temp"]
+    assert sorted(r[1] for r in new) == ["export", "fold-0", "fold-1", "lr-temp"]
     assert not list((dvc_project / ".dvc/tmp").rglob("mlflow.db"))
 
 
@@ -152,7 +169,7 @@ def test_queued_experiment_logs_to_the_workspace_store(dvc_project: Path) -> Non
         time.sleep(2)
     assert re.search(r"lr-queued\b[^\n]*\bSuccess", status), status
     new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
-    assert sorted(r[1] for r in new) == ["fold-0", "fold-1", "lr-queued"]
+    assert sorted(r[1] for r in new) == ["export", "fold-0", "fold-1", "lr-queued"]
 
 
 def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(
@@ -176,4 +193,4 @@ def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     plan = run(["snakemake", "--cores", "2", "--dry-run"], root, env)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, flags=re.M))
-    assert jobs == {"train": "2", "aggregate": "1", "report": "1", "all": "1", "total": "5"}
+    assert jobs == {"train": "2", "aggregate": "1", "report": "1", "export": "1", "all": "1", "total": "6"}
