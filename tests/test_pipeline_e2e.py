@@ -138,17 +138,6 @@ def test_dvc_exp_run_reruns_training_only_and_links_mlflow_runs(dvc_project: Pat
     assert {c[2] for c in children} == {parents[0][0]}
 
 
-def test_final_model_is_trained_exported_and_used_by_predict(dvc_project: Path) -> None:
-    env = env_for(dvc_project)
-    output = run(["dvc", "exp", "run", "-S", "predict.final=[all]", "--name", "final-model"], dvc_project, env)
-    assert stages_run(output) == {"final@all", *AFTER_TRAINING}  # no fold is retrained
-    exported = json.loads((dvc_project / "results/export/export.json").read_text())
-    assert [c["path"] for c in exported["source_checkpoints"]] == ["results/train/final/model.pt"]
-    raw = sorted((dvc_project / "data/demo/images").iterdir())[:3]
-    printed = run([sys.executable, "-m", "stages.predict", *map(str, raw)], dvc_project, env)
-    assert "the final model" in printed and all(path.name in printed for path in raw)
-
-
 def test_temp_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:
     env = env_for(dvc_project)
     before = mlflow_runs(dvc_project / "mlflow.db")
@@ -170,6 +159,18 @@ def test_queued_experiment_logs_to_the_workspace_store(dvc_project: Path) -> Non
     assert re.search(r"lr-queued\b[^\n]*\bSuccess", status), status
     new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
     assert sorted(r[1] for r in new) == ["export", "fold-0", "fold-1", "lr-queued"]
+
+
+def test_final_model_is_trained_exported_and_used_by_predict(dvc_project: Path) -> None:
+    # Last of the DVC tests: the exp run leaves predict.final: [all] in the workspace.
+    env = env_for(dvc_project)
+    output = run(["dvc", "exp", "run", "-S", "predict.final=[all]", "--name", "final-model"], dvc_project, env)
+    assert stages_run(output) == {"final@all", *AFTER_TRAINING}  # no fold is retrained
+    exported = json.loads((dvc_project / "results/export/export.json").read_text())
+    assert [c["path"] for c in exported["source_checkpoints"]] == ["results/train/final/model.pt"]
+    raw = sorted((dvc_project / "data/demo/images").iterdir())[:3]
+    printed = run([sys.executable, "-m", "stages.predict", *map(str, raw)], dvc_project, env)
+    assert "the final model" in printed and all(path.name in printed for path in raw)
 
 
 def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(
