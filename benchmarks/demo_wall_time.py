@@ -25,8 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-from workspace import copy_repo, set_params, timed_repro, tool_env
+from workspace import add_set_option, copy_repo, parse_overrides, set_params, timed_repro, tool_env
 
 DATA_STAGES = ("normalise", "composite", "resize", "split")
 # train's timing phases -> the part of the split they belong to; unknown phases get a part of their own.
@@ -88,17 +87,16 @@ def split_total(root: Path, stages: list[tuple[str, float]], total: float) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key, e.g. epochs=1 (YAML value)")
+    add_set_option(parser)
     args = parser.parse_args()
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    settings = parse_overrides(args.set)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         copy_repo(root)
-        set_params(root, overrides)
+        set_params(root, settings)
         stages, total = timed_repro(root)
         parts = split_total(root, stages, total)
-    print(f"settings: {overrides or 'params.yaml as committed (the demo)'}\n")
+    print(f"settings: {settings or 'params.yaml as committed (the demo)'}\n")
     print("| stage | wall time (s) |\n|---|---|")
     for name, seconds in stages:
         print(f"| {name} | {seconds:.1f} |")

@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from workspace import copy_repo, set_params, timed_repro
+from workspace import add_set_option, copy_repo, parse_overrides, set_params, timed_repro
 
 ENV_VAR = "BURRSCOPE_REAL_DATA"
 REPORTED = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
@@ -38,23 +37,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=os.environ.get(ENV_VAR),
                         help=f"folder with images/ and labels.csv (default: ${ENV_VAR})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key, e.g. finetune=head (YAML value)")
+    add_set_option(parser)
     parser.add_argument("--keep", type=Path, help="run in this new folder and keep it (default: a temp folder)")
     args = parser.parse_args()
     if args.data is None:
         sys.exit(f"name the data folder with --data or ${ENV_VAR}")
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    settings = parse_overrides(args.set)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=args.keep is None)
         copy_repo(root)
-        prepare(args.data, root, overrides)
+        prepare(args.data, root, settings)
         stages, total = timed_repro(root)
         summary = json.loads((root / "results/aggregate/metrics.json").read_text())
     train_s = sum(seconds for name, seconds in stages if name.startswith("train@"))
-    print(f"data: {args.data}  overrides: {overrides or 'none'}")
+    print(f"data: {args.data}  overrides: {settings or 'none'}")
     print("| " + " | ".join(REPORTED) + " | wall time (s) | of which training (s) |")
     print("|" + "---|" * (len(REPORTED) + 2))
     cells = [f"{summary['overall'][m]:.3f} ({summary['mean'][m]:.3f} ± {summary['std'][m]:.3f})" for m in REPORTED]

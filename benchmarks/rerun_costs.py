@@ -16,8 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import yaml
-from workspace import copy_repo, set_params, timed_repro, timed_run
+from workspace import add_set_option, copy_repo, parse_overrides, set_params, timed_repro, timed_run
 
 # Snakemake prints `Job <n>: <rule message>` per job it starts (`localrule all:` for the target).
 SNAKEMAKE_JOB = r"^(?:Job \d+: |localrule )(.+?):?$"
@@ -29,16 +28,15 @@ def ran(names: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key for the whole run, e.g. epochs=1 (YAML value)")
+    add_set_option(parser)
     parser.add_argument("--lr", type=float, default=1e-4, help="the changed learning rate (default 1e-4)")
     args = parser.parse_args()
-    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    settings = parse_overrides(args.set)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         copy_repo(root)
-        set_params(root, overrides)
+        set_params(root, settings)
         first, first_total = timed_repro(root)
         noop, noop_total = timed_repro(root)
         set_params(root, {"lr": args.lr})
@@ -47,7 +45,7 @@ def main() -> None:
         snake_first, snake_first_total = timed_run(root, snake, SNAKEMAKE_JOB)
         snake_noop, snake_noop_total = timed_run(root, snake, SNAKEMAKE_JOB)
 
-    print(f"settings: {overrides or 'params.yaml as committed (the demo: 120 images, 5 folds)'}\n")
+    print(f"settings: {settings or 'params.yaml as committed (the demo: 120 images, 5 folds)'}\n")
     print("| step | command | wall time (s) | what ran |\n|---|---|---|---|")
     rows = [
         ("first complete run", "dvc repro", first_total, [name for name, _ in first]),

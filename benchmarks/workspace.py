@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -74,3 +75,14 @@ def timed_run(root: Path, command: list[str], marker: str) -> tuple[list[tuple[s
 def timed_repro(root: Path) -> tuple[list[tuple[str, float]], float]:
     """(stage, seconds) in run order, and the total wall time of `dvc repro` in `root`."""
     return timed_run(root, ["dvc", "repro"], r"Running stage '([^']+)'")
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE`, repeatable: params.yaml overrides for the benchmark's workspace."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml key (dotted, YAML value), e.g. epochs=1 or finetune=head")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """{"epochs": 1} from ["epochs=1"]: values parsed as YAML, as params.yaml would hold them."""
+    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
