@@ -68,7 +68,7 @@ def timed_run(root: Path, command: list[str], marker: str) -> tuple[list[tuple[s
     total = time.perf_counter() - started
     if proc.returncode:
         sys.exit(f"{' '.join(command)} failed with exit code {proc.returncode}")
-    ends = [t for _, t in marks[1:]] + [started + total]
+    ends = [t for _, t in marks[1:]] + ([started + total] if marks else [])  # nothing ran: no marks
     return [(name, end - start) for (name, start), end in zip(marks, ends, strict=True)], total
 
 
