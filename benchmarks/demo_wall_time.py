@@ -20,12 +20,11 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from workspace import add_set_option, copy_repo, parse_overrides, set_params, timed_repro, tool_env
+from workspace import add_set_option, parse_overrides, timed_repro, tool_env, workspace_copy
 
 DATA_STAGES = ("normalise", "composite", "resize", "split")
 # train's timing phases -> the part of the split they belong to; unknown phases get a part of their own.
@@ -90,10 +89,7 @@ def main() -> None:
     add_set_option(parser)
     args = parser.parse_args()
     settings = parse_overrides(args.set)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        copy_repo(root)
-        set_params(root, settings)
+    with workspace_copy(settings) as root:
         stages, total = timed_repro(root)
         parts = split_total(root, stages, total)
     print(f"settings: {settings or 'params.yaml as committed (the demo)'}\n")

@@ -12,7 +12,7 @@ how many cores the stage kept busy on average.
 Usage:
 
     python benchmarks/preprocess.py                      # 2000 images; prints a Markdown table
-    python benchmarks/preprocess.py --count 200 --raw /tmp/cutouts   # keep the cut-outs and reuse them
+    python benchmarks/preprocess.py --count 200 --raw ../cutouts   # keep the cut-outs and reuse them
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ cross-validated accuracy, balanced accuracy, F1, ROC-AUC and the wall time. The 
 copied or modified; only a labels CSV with the pipeline's column names is written into the copy. Usage:
 
     BURRSCOPE_REAL_DATA=../shared/datasets/magnetic_tile python benchmarks/real_data.py [--set finetune=head]
-    python benchmarks/real_data.py --data ../shared/datasets/magnetic_tile --keep /tmp/real-full
+    python benchmarks/real_data.py --data ../shared/datasets/magnetic_tile --keep ../real-full
 
 The folder must hold `images/` and `labels.csv` with columns `filename,label` (or `file,label`).
 """
@@ -16,21 +16,20 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
-from workspace import add_set_option, copy_repo, parse_overrides, set_params, timed_repro
+from workspace import add_set_option, parse_overrides, timed_repro, workspace_copy
 
 ENV_VAR = "BURRSCOPE_REAL_DATA"
+LABELS = "real_labels.csv"
 REPORTED = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
 
 
-def prepare(data: Path, root: Path, overrides: dict[str, object]) -> None:
+def write_labels(data: Path, root: Path) -> None:
+    """The data's labels under the pipeline's column names, in the workspace copy (the data stays untouched)."""
     labels = pd.read_csv(data / "labels.csv", dtype=str).rename(columns={"filename": "file"})
-    labels[["file", "label"]].to_csv(root / "real_labels.csv", index=False)
-    set_params(root, {"data.raw_dir": str((data / "images").resolve()), "data.labels": "real_labels.csv",
-                      **overrides})
+    labels[["file", "label"]].to_csv(root / LABELS, index=False)
 
 
 def main() -> None:
@@ -43,12 +42,10 @@ def main() -> None:
     if args.data is None:
         sys.exit(f"name the data folder with --data or ${ENV_VAR}")
     settings = parse_overrides(args.set)
+    data_params = {"data.raw_dir": str((args.data / "images").resolve()), "data.labels": LABELS}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp)
-        root.mkdir(parents=True, exist_ok=args.keep is None)
-        copy_repo(root)
-        prepare(args.data, root, settings)
+    with workspace_copy({**data_params, **settings}, args.keep) as root:
+        write_labels(args.data, root)
         stages, total = timed_repro(root)
         summary = json.loads((root / "results/aggregate/metrics.json").read_text())
     train_s = sum(seconds for name, seconds in stages if name.startswith("train@"))

@@ -13,10 +13,8 @@ Prints the settings used and Markdown tables. Usage:
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from workspace import add_set_option, copy_repo, parse_overrides, set_params, timed_repro, timed_run
+from workspace import add_set_option, parse_overrides, set_params, timed_repro, timed_run, workspace_copy
 
 # Snakemake prints `Job <n>: <rule message>` per job it starts (`localrule all:` for the target).
 SNAKEMAKE_JOB = r"^(?:Job \d+: |localrule )(.+?):?$"
@@ -33,10 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = parse_overrides(args.set)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        copy_repo(root)
-        set_params(root, settings)
+    with workspace_copy(settings) as root:
         first, first_total = timed_repro(root)
         noop, noop_total = timed_repro(root)
         set_params(root, {"lr": args.lr})

@@ -8,8 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,15 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """{"epochs": 1} from ["epochs=1"]: values parsed as YAML, as params.yaml would hold them."""
     return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+
+
+@contextmanager
+def workspace_copy(settings: Mapping[str, Any], keep: Path | None = None) -> Iterator[Path]:
+    """A fresh copy of the repository (copy_repo) with `settings` applied to its params.yaml: in a temp folder
+    removed afterwards, or in the new folder `keep`, which stays."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=keep is None)
+        copy_repo(root)
+        set_params(root, settings)
+        yield root

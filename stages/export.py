@@ -266,6 +266,9 @@ def export(folds_csv: Path, images_dir: Path, train_dir: Path, out_dir: Path, pa
     summary = write_exports(ensemble, images, params["predict"]["threshold"], out_dir)
     tags = {"export." + name: info["sha256"] for name, info in summary["files"].items()}
     summary["mlflow"] = tracking.log_export(params, folds_csv, mlflow_model(summary, out_dir, images), tags)
+    # export.json is committed: name the default store relative to the workspace, not by this machine's path.
+    root = f"sqlite:///{tracking.workspace_root()}/"
+    summary["mlflow"]["tracking_uri"] = summary["mlflow"]["tracking_uri"].replace(root, "sqlite:///")
     write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
