@@ -46,8 +46,13 @@ def startup_seconds(root: Path, module: str) -> float:
     runs = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", f"stages.{module}", "--help"], cwd=root, env=tool_env(),
-                       capture_output=True, check=True)
+        subprocess.run(
+            [sys.executable, "-m", f"stages.{module}", "--help"],
+            cwd=root,
+            env=tool_env(),
+            capture_output=True,
+            check=True,
+        )
         runs.append(time.perf_counter() - started)
     return statistics.median(runs)
 

@@ -133,14 +133,20 @@ def main() -> None:
         f"{cores} cores; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after; "
         f"Python {platform.python_version()}, Pillow {PIL.__version__}\n"
     )
-    print("| stage | wall time (s) | images/s | x floor | CPU ms/image | x floor (CPU) | cores busy "
-          "| process start-up (s) | start-up share |")
+    print(
+        "| stage | wall time (s) | images/s | x floor | CPU ms/image | x floor (CPU) | cores busy "
+        "| process start-up (s) | start-up share |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, seconds, cpu, startup in rows:
-        print(f"| {name} | {seconds:.1f} | {n / seconds:.1f} | {floor_wall / seconds:.2f} | {cpu / n * 1e3:.1f} "
-              f"| {floor_cpu / cpu:.2f} | {cpu / seconds:.1f} | {startup:.2f} | {startup / seconds:.0%} |")
-    print(f"| floor: PIL decode + PNG encode, 1 core | {floor_wall:.1f} | {n / floor_wall:.1f} | 1.00 "
-          f"| {floor_cpu / n * 1e3:.1f} | 1.00 | {floor_cpu / floor_wall:.1f} | - | - |")
+        print(
+            f"| {name} | {seconds:.1f} | {n / seconds:.1f} | {floor_wall / seconds:.2f} | {cpu / n * 1e3:.1f} "
+            f"| {floor_cpu / cpu:.2f} | {cpu / seconds:.1f} | {startup:.2f} | {startup / seconds:.0%} |"
+        )
+    print(
+        f"| floor: PIL decode + PNG encode, 1 core | {floor_wall:.1f} | {n / floor_wall:.1f} | 1.00 "
+        f"| {floor_cpu / n * 1e3:.1f} | 1.00 | {floor_cpu / floor_wall:.1f} | - | - |"
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,12 @@ def write_labels(data: Path, root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=os.environ.get(ENV_VAR),
-                        help=f"folder with images/ and labels.csv (default: ${ENV_VAR})")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=os.environ.get(ENV_VAR),
+        help=f"folder with images/ and labels.csv (default: ${ENV_VAR})",
+    )
     add_set_option(parser)
     parser.add_argument("--keep", type=Path, help="run in this new folder and keep it (default: a temp folder)")
     args = parser.parse_args()

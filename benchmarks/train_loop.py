@@ -1,27 +1,31 @@
-"""How close the pipeline's training comes to the limit, and how far a naive loop falls behind.
+"""How close the pipeline's training comes to the bare loop, and how far a naive loop falls behind.
 
-For one fold, with the same model, data, epochs, batch size and augmentation, times:
+For one fold, with the same model, data, epochs, batch size, fine-tuning strategy and augmentation, times:
 
-  bare      tensors already in memory (on the device): augment, forward, backward, step; eval in large batches
-  pipeline  stages.train.train_fold, from the PNGs on disk to the fold's probabilities (no process start)
-  naive     a seed-style loop: a Dataset opening each PNG with PIL in __getitem__, torchvision transforms,
-            DataLoader(num_workers=0), evaluation with gradients on, a log line written every batch
+  bare      tensors already in memory (on the device): the strategy's own work (for `partial` and `head`,
+            the frozen part's features once), then augment/forward/backward/step; evaluation in large batches
+  pipeline  burrscope.training.fold.train_fold, from the PNGs on disk to the fold's probabilities (no process
+            start, no MLflow)
+  naive     a seed-style loop over the whole network: a Dataset opening each PNG with PIL in __getitem__,
+            torchvision transforms, DataLoader(num_workers=0), evaluation with gradients on, a log line per batch
 
-and prints images/s (training images per second of the whole loop) and the ratios pipeline/bare (target <= 1.10)
-and naive/pipeline. On CUDA, bare is the GPU's throughput for this model; pipeline/bare is then the fraction of
-it the pipeline reaches. Usage (defaults: the demo data, fold 0, 2 epochs, params.yaml's model and image size):
+and prints training images per second of the whole loop, and pipeline / bare (the share of the bare loop's
+throughput the pipeline reaches). Usage (defaults: the demo's processed images, fold 0, 2 epochs, params.yaml):
 
     python benchmarks/train_loop.py [--images data/processed/images --folds data/processed/folds.csv]
-                                    [--fold 0] [--epochs 2] [--img-size 224]
+                                    [--fold 0] [--epochs 2] [--batch-sizes 8,32,128] [--set finetune=full]
+                                    [--skip-naive] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import sys
+import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +33,14 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
+from workspace import REPO, add_set_option, assign, parse_overrides
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from stages import train  # noqa: E402
-from stages.classes import class_order  # noqa: E402
-from stages.models import build_model  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from burrscope.params import Recipe, read_params_file
+from burrscope.timing import Stopwatch
+from burrscope.training.fold import prepare, train_fold
+from burrscope.training.loop import Steps, make_optimiser, scores, train_one_epoch
+from burrscope.training.probe import LinearProbe
+from burrscope.training.strategies import STRATEGIES
 
 
 def synchronise(device: torch.device) -> None:
@@ -44,38 +48,46 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[str, Any]) -> float:
-    """Seconds for the same steps and evaluations as train_fold, on tensors already in memory."""
-    device = train.select_device(params["train"]["device"])
-    speed = train.Speed.of(device, params["train"])
-    classes = class_order(folds["label"])
-    rows = folds[folds["fold"] != fold], folds[folds["fold"] == fold]
-    x = [train.load_images(images_dir, list(r["file"])).to(device) for r in rows]
-    y = [torch.tensor([classes.index(c) for c in r["label"]], device=device) for r in rows]
-    torch.manual_seed(params["seed"])
-    generator = torch.Generator().manual_seed(params["seed"])
-    built = build_model(params["model"], len(classes), params["pretrained"], params["resize"]["img_size"])
-    model = speed.prepare(built.model)
-    optimiser = torch.optim.Adam(model.parameters(), lr=params["lr"])
-    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype is torch.float16)
-    batch = params["batch_size"]
-    usable = len(x[0]) - (1 if len(x[0]) % batch == 1 else 0)  # as train_fold: no lone last sample
-    synchronise(device)
+def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> float:
+    """Seconds for the strategy's feature pass, its optimiser steps and evaluations, tensors already in memory."""
+    # The images decoded and placed, the model built, outside the clock; the strategy's own work inside it.
+    setup = prepare(images_dir, folds, fold, replace(recipe, finetune="full"), Stopwatch())
+    synchronise(setup.device)
     started = time.perf_counter()
-    for _ in range(params["epochs"]):
-        model.train()
-        order = torch.randperm(len(x[0]), generator=generator).to(device)
-        for start in range(0, usable, batch):
-            idx = order[start : min(start + batch, usable)]
-            with speed.autocast():
-                inputs = train.augment(x[0][idx].float() / 255, generator, **params["train"]["augment"])
-                loss = nn.functional.cross_entropy(model(speed.inputs(inputs, built.normalisation)).float(), y[0][idx])
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-        train.evaluate(model, x[1], y[1], built.normalisation, speed)
-    synchronise(device)
+    strategy = (LinearProbe if recipe.finetune == "probe" else STRATEGIES[recipe.finetune])(
+        setup.built, setup.data, recipe, setup.runtime
+    )
+    if isinstance(strategy, LinearProbe):
+        strategy.fit()
+        scores(strategy.validation_logits(None), setup.data.val_y)
+    else:
+        data, batch = setup.data, recipe.batch_size
+        steps_per_epoch = math.ceil(len(data.train_x) / batch)
+        steps = Steps(
+            make_optimiser(setup.built.model, recipe.lr, 0.0, fused=setup.device.type == "cuda"),
+            torch.amp.GradScaler(setup.device.type, enabled=setup.runtime.amp_dtype is torch.float16),
+            recipe.lr,
+            recipe.epochs * steps_per_epoch,
+            0,
+            "constant",
+            0.0,
+            None,
+        )
+        for epoch in range(recipe.epochs):
+            order = torch.randperm(len(data.train_x), generator=setup.generator)
+            strategy.start_epoch(setup.generator)
+            order = order.to(data.train_x.device)[: len(data.train_x) - (len(data.train_x) % batch == 1)]
+            train_one_epoch(
+                lambda idx: strategy.train_logits(idx, setup.generator),
+                data.train_y,
+                order,
+                batch,
+                epoch * steps_per_epoch,
+                steps,
+                setup.runtime,
+            )
+            scores(strategy.validation_logits(None), data.val_y)
+    synchronise(setup.device)
     return time.perf_counter() - started
 
 
@@ -94,32 +106,51 @@ class PngDataset(torch.utils.data.Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
 
 
-def naive(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[str, Any], log: Path) -> float:
+def naive(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe, log: Path) -> float:
     from torchvision import transforms
 
-    device = train.select_device(params["train"]["device"])
+    from burrscope.classes import class_order
+    from burrscope.device import select_device
+    from burrscope.models import build_model
+
+    device = select_device(recipe.device)
     classes = class_order(folds["label"])
-    torch.manual_seed(params["seed"])
-    built = build_model(params["model"], len(classes), params["pretrained"], params["resize"]["img_size"])
+    torch.manual_seed(recipe.seed)
+    built = build_model(recipe.model, len(classes), recipe.pretrained, recipe.img_size)
     model = built.model.to(device)
-    jitter = params["train"]["augment"]["jitter"]
+    jitter = recipe.augment.jitter
     normalise = transforms.Normalize(built.normalisation.mean, built.normalisation.std)
-    augmenting = transforms.Compose([
-        transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip(),
-        transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
-        transforms.ColorJitter(brightness=jitter, contrast=jitter), transforms.ToTensor(), normalise])
+    augmenting = transforms.Compose(
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomVerticalFlip(),
+            transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+            transforms.ColorJitter(brightness=jitter, contrast=jitter),
+            transforms.ToTensor(),
+            normalise,
+        ]
+    )
     plain = transforms.Compose([transforms.ToTensor(), normalise])
-    loaders = [torch.utils.data.DataLoader(PngDataset(images_dir, rows, classes, t), batch_size=params["batch_size"],
-                                           shuffle=shuffle, num_workers=0, drop_last=shuffle)
-               for rows, t, shuffle in ((folds[folds["fold"] != fold], augmenting, True),
-                                        (folds[folds["fold"] == fold], plain, False))]
-    optimiser = torch.optim.Adam(model.parameters(), lr=params["lr"])
+    loaders = [
+        torch.utils.data.DataLoader(
+            PngDataset(images_dir, rows, classes, t),
+            batch_size=recipe.batch_size,
+            shuffle=shuffle,
+            num_workers=0,
+            drop_last=shuffle,
+        )
+        for rows, t, shuffle in (
+            (folds[folds["fold"] != fold], augmenting, True),
+            (folds[folds["fold"] == fold], plain, False),
+        )
+    ]
+    optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     logger = logging.getLogger("naive")
     logger.addHandler(logging.FileHandler(log))
     logger.setLevel(logging.INFO)
     synchronise(device)
     started = time.perf_counter()
-    for epoch in range(params["epochs"]):
+    for epoch in range(recipe.epochs):
         model.train()
         for step, (inputs, labels) in enumerate(loaders[0]):
             loss = nn.functional.cross_entropy(model(inputs.to(device)), labels.to(device))
@@ -135,56 +166,62 @@ def naive(images_dir: Path, folds: pd.DataFrame, fold: int, params: dict[str, An
     return time.perf_counter() - started
 
 
-def resized(images_dir: Path, files: list[str], size: int, dest: Path) -> Path:
-    """Copies of the images at `size` px, when a shorter run than the processed size is wanted."""
-    for name in files:
-        with Image.open(images_dir / name) as img:
-            img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS).save(dest / name)
-    return dest
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=REPO / "data/processed/images")
     parser.add_argument("--folds", type=Path, default=REPO / "data/processed/folds.csv")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--img-size", type=int, help="resize the inputs first (default: as they are)")
+    parser.add_argument("--batch-sizes", default="", help="comma-separated (default: params.yaml's batch_size)")
     parser.add_argument("--skip-naive", action="store_true", help="time only bare and pipeline")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_set_option(parser)
     args = parser.parse_args()
 
-    params = load_params(REPO / "params.yaml")
+    params = assign(read_params_file(REPO / "params.yaml"), parse_overrides(args.set))
     folds = pd.read_csv(args.folds, dtype={"label": str})
-    with tempfile.TemporaryDirectory() as tmp:
-        images = args.images
-        if args.img_size:
-            images = resized(args.images, list(folds["file"]), args.img_size, Path(tmp))
-        with Image.open(images / folds["file"].iloc[0]) as img:
-            params["resize"]["img_size"] = img.width
-        params["epochs"] = args.epochs
-        device = train.select_device(params["train"]["device"])
-        n_train = int((folds["fold"] != args.fold).sum())
-        print(f"{params['model']} on {device}, fold {args.fold}: {n_train} training images, "
-              f"{len(folds) - n_train} held out, {params['resize']['img_size']} px, batch {params['batch_size']}, "
-              f"{args.epochs} epochs", flush=True)
-
-        seconds = {"bare": bare(images, folds, args.fold, params)}
+    with Image.open(args.images / folds["file"].iloc[0]) as img:
+        img_size = img.width
+    recipe = replace(Recipe.from_params(params), epochs=args.epochs, img_size=img_size)
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b] or [recipe.batch_size]
+    n_train = int((folds["fold"] != args.fold).sum())
+    rows = []
+    for batch in sizes:
+        run = replace(recipe, batch_size=batch)
+        seconds = {"bare": bare(args.images, folds, args.fold, run)}
+        stopwatch = Stopwatch()
         started = time.perf_counter()
-        result, _, _ = train.train_fold(images, folds, args.fold, params)
-        synchronise(device)
+        train_fold(args.images, folds, args.fold, run, stopwatch=stopwatch)
         seconds["pipeline"] = time.perf_counter() - started
         if not args.skip_naive:
-            seconds["naive"] = naive(images, folds, args.fold, params, Path(tmp) / "naive.log")
-
-    print("| loop | seconds | training images/s |\n|---|---|---|")
-    for name, s in seconds.items():
-        print(f"| {name} | {s:.1f} | {n_train * args.epochs / s:.1f} |")
-    print("pipeline timing (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timing.items() if v))
-    ratio = seconds["pipeline"] / seconds["bare"]
-    print(f"pipeline/bare: {ratio:.2f} (target <= 1.10)"
-          + (f"; the pipeline reaches {1 / ratio:.0%} of this GPU's throughput" if device.type == "cuda" else ""))
-    if "naive" in seconds:
-        print(f"naive/pipeline: {seconds['naive'] / seconds['pipeline']:.2f}")
+            with tempfile.TemporaryDirectory() as tmp:
+                seconds["naive"] = naive(
+                    args.images, folds, args.fold, replace(run, finetune="full"), Path(tmp) / "naive.log"
+                )
+        rate = {name: n_train * run.epochs / s for name, s in seconds.items()}
+        rows.append(
+            {
+                "batch_size": batch,
+                "seconds": seconds,
+                "images_per_s": rate,
+                "pipeline_share_of_bare": rate["pipeline"] / rate["bare"],
+                "pipeline_phases": stopwatch.rounded(),
+            }
+        )
+    device = "cuda" if torch.cuda.is_available() and recipe.device != "cpu" else "cpu"
+    print(
+        f"{recipe.model}, finetune {recipe.finetune}, {device}, fold {args.fold}: {n_train} training images, "
+        f"{img_size} px, {recipe.epochs} epochs"
+    )
+    print("| batch | bare img/s | pipeline img/s | naive img/s (full) | pipeline / bare |\n|---|---|---|---|---|")
+    for row in rows:
+        rate = row["images_per_s"]
+        print(
+            f"| {row['batch_size']} | {rate['bare']:.1f} | {rate['pipeline']:.1f} | "
+            f"{rate.get('naive', float('nan')):.1f} | {row['pipeline_share_of_bare']:.0%} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "recipe": recipe.as_params(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

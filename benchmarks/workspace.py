@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from burrscope.params import lookup
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,17 +35,39 @@ def copy_repo(dest: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # .dvc/ came with the committed files
 
 
-def set_params(root: Path, overrides: Mapping[str, Any]) -> None:
-    """Set dotted keys (`data.raw_dir`) in the workspace's params.yaml."""
-    path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
+def assign(params: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`data.raw_dir`) in a params mapping; the mapping."""
     for dotted, value in overrides.items():
         *parents, key = dotted.split(".")
         section = params
         for name in parents:
             section = section[name]
         section[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def set_params(root: Path, overrides: Mapping[str, Any]) -> None:
+    """Set dotted keys (`data.raw_dir`) in the workspace's params.yaml."""
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(assign(yaml.safe_load(path.read_text()), overrides), sort_keys=False))
+
+
+def dvc_commands(root: Path) -> dict[str, str]:
+    """Each stage's command exactly as dvc.yaml writes it, `${...}` filled from params.yaml; a foreach stage
+    gives one command per item, named as DVC names them (`train@0`). In dvc.yaml's order."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+
+    def fill(text: str, item: object = None) -> str:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: str(item if m[1] == "item" else lookup(params, m[1])), text)
+
+    commands = {}
+    for name, stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" in stage:
+            for item in lookup(params, stage["foreach"].strip("${}")):
+                commands[f"{name}@{item}"] = fill(stage["do"]["cmd"], item)
+        else:
+            commands[name] = fill(stage["cmd"])
+    return commands
 
 
 def tool_env() -> dict[str, str]:
@@ -59,8 +83,9 @@ def timed_run(root: Path, command: list[str], marker: str) -> tuple[list[tuple[s
     Exits if the command fails."""
     started = time.perf_counter()
     marks: list[tuple[str, float]] = []
-    with subprocess.Popen(command, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+    with subprocess.Popen(
+        command, cwd=root, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
@@ -81,8 +106,13 @@ def timed_repro(root: Path) -> tuple[list[tuple[str, float]], float]:
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
     """`--set KEY=VALUE`, repeatable: params.yaml overrides for the benchmark's workspace."""
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key (dotted, YAML value), e.g. epochs=1 or finetune=head")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key (dotted, YAML value), e.g. epochs=1 or finetune=head",
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -134,9 +134,7 @@ def _add_groove(sections: list[Section], u: float, width: float, depth: float) -
     return out
 
 
-def _end_styles(
-    rng: np.random.Generator, r: float, p_round: float
-) -> tuple[tuple[str, str], tuple[float, float]]:
+def _end_styles(rng: np.random.Generator, r: float, p_round: float) -> tuple[tuple[str, str], tuple[float, float]]:
     """Random end styles (square, chamfer, round) and their sizes in px."""
     styles = tuple(rng.choice(["square", "chamfer", "round"], p=[0.3, 0.7 - p_round, p_round]) for _ in "ab")
     sizes = tuple(
@@ -168,9 +166,7 @@ def _finish(
     return part
 
 
-def _maybe_grooves(
-    rng: np.random.Generator, sections: list[Section], length: float, rmax: float
-) -> list[Section]:
+def _maybe_grooves(rng: np.random.Generator, sections: list[Section], length: float, rmax: float) -> list[Section]:
     """Grooves (circlip/relief) are a distractor: a narrow dent in the outline, not a protrusion."""
     if rng.random() < 0.45:
         for _ in range(int(rng.integers(1, 3))):
@@ -269,9 +265,7 @@ def _bracket(rng: np.random.Generator, length: float, rmax: float) -> Part:
     """Flat bracket: a wide ear with a hole at one end, a narrower arm, a hole at the other end."""
     ear = max(length * rng.uniform(0.2, 0.35), 2.2 * rmax)  # long enough that its hole stays inside
     arm = rmax * rng.uniform(0.6, 0.8)
-    part = _finish(
-        rng, "bracket", length, [(0.0, ear, rmax, "plain"), (ear, length, arm, "plain")], True, 0.6
-    )
+    part = _finish(rng, "bracket", length, [(0.0, ear, rmax, "plain"), (ear, length, arm, "plain")], True, 0.6)
     part.holes.append((1.1 * rmax, 0.0, rmax * rng.uniform(0.3, 0.5), True))
     part.holes.append((length - arm, 0.0, arm * rng.uniform(0.3, 0.5), bool(rng.random() < 0.7)))
     return part
@@ -424,11 +418,7 @@ def _shade(rng: np.random.Generator, part: Part, u: np.ndarray, v: np.ndarray) -
     if part.flat:
         phi, width = rng.uniform(0, math.pi), rng.uniform(0.2, 0.5) * length
         band = np.exp(-((((u * math.cos(phi) + v * math.sin(phi)) - rng.uniform(0, length)) / width) ** 2))
-        inten = (
-            rng.uniform(0.55, 0.75)
-            + rng.uniform(-0.1, 0.1) * (u / length - 0.5)
-            + rng.uniform(-0.08, 0.08) * n
-        )
+        inten = rng.uniform(0.55, 0.75) + rng.uniform(-0.1, 0.1) * (u / length - 0.5) + rng.uniform(-0.08, 0.08) * n
         inten = inten + rng.uniform(0.1, 0.25) * band
         edge = np.minimum(r - np.abs(v), np.minimum(u, length - u))
         bevel = rng.uniform(1.5, 3.0)
@@ -438,9 +428,7 @@ def _shade(rng: np.random.Generator, part: Part, u: np.ndarray, v: np.ndarray) -
         inten = inten + rng.uniform(0.3, 0.5) * np.exp(
             -(((n - rng.uniform(-0.55, 0.55)) / rng.uniform(0.08, 0.2)) ** 2)
         )
-        inten = inten + rng.uniform(0.05, 0.2) * np.exp(
-            -(((n - rng.uniform(-0.8, 0.8)) / rng.uniform(0.15, 0.3)) ** 2)
-        )
+        inten = inten + rng.uniform(0.05, 0.2) * np.exp(-(((n - rng.uniform(-0.8, 0.8)) / rng.uniform(0.15, 0.3)) ** 2))
     if part.head:
         facets = np.asarray(rng.uniform([0.35, 0.7, 0.45], [0.55, 1.0, 0.65]))[np.digitize(n, [-0.5, 0.5])]
         facets = np.where(np.abs(np.abs(n) - 0.5) < 0.04, 0.3, facets)
@@ -538,19 +526,13 @@ def _background(rng: np.random.Generator, size: tuple[int, int], cov: np.ndarray
     if kind == "paper":
         colour = rng.uniform([228, 226, 215], [250, 248, 245])
     else:
-        colour = np.asarray(
-            [(120, 124, 130), (68, 108, 84), (150, 136, 118), (92, 104, 122)][rng.integers(4)]
-        )
+        colour = np.asarray([(120, 124, 130), (68, 108, 84), (150, 136, 118), (92, 104, 122)][rng.integers(4)])
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     d2 = ((xs - w * rng.uniform(0.3, 0.7)) / w) ** 2 + ((ys - h * rng.uniform(0.3, 0.7)) / h) ** 2
     light = 1.0 - 0.25 * d2 + rng.uniform(-0.08, 0.08) * (xs / w - 0.5)
     blob = Image.new("L", size, 0)
-    blob.paste(
-        Image.fromarray((cov * 255).astype(np.uint8)), (int(rng.integers(3, 12)), int(rng.integers(3, 12)))
-    )
-    shadow = (
-        np.asarray(blob.filter(ImageFilter.GaussianBlur(float(rng.uniform(4, 10)))), dtype=np.float32) / 255
-    )
+    blob.paste(Image.fromarray((cov * 255).astype(np.uint8)), (int(rng.integers(3, 12)), int(rng.integers(3, 12))))
+    shadow = np.asarray(blob.filter(ImageFilter.GaussianBlur(float(rng.uniform(4, 10)))), dtype=np.float32) / 255
     bg = colour[None, None, :] * (light * (1.0 - 0.45 * shadow))[..., None]
     if kind == "photo":
         bg = bg + rng.normal(0.0, 1.5, (h, w, 1))
@@ -684,15 +666,9 @@ def generate(out_dir: Path, count: int = DEFAULT_COUNT, seed: int = 2024) -> Non
 
 def main() -> None:
     """CLI wrapper around generate()."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("data/demo"), help="output folder (default: data/demo)"
-    )
-    parser.add_argument(
-        "--count", type=int, default=DEFAULT_COUNT, help=f"number of images (default: {DEFAULT_COUNT})"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder (default: data/demo)")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"number of images (default: {DEFAULT_COUNT})")
     parser.add_argument("--seed", type=int, default=2024, help="random seed (default: 2024)")
     args = parser.parse_args()
     generate(args.out, args.count, args.seed)

@@ -6,19 +6,10 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from stages.errors import user_errors
-from stages.imageops import RGB, map_folder, prepare_input
-from stages.params import load_params
-
-
-def resize(in_dir: Path, out_dir: Path, background: RGB, img_size: int, workers: int | None = None) -> int:
-    """Write out_dir/<stem>.png, img_size square, for every image in in_dir, on every core; returns how many.
-
-    Pillow's default PNG level: small files encode fast at it, and their bytes (hence DVC's hash, which
-    decides whether training reruns) stay those of earlier runs.
-    """
-    transform = partial(prepare_input, background=background, img_size=img_size)
-    return map_folder(in_dir, out_dir, transform, workers=workers)
+from burrscope.errors import user_errors
+from burrscope.folders import map_folder
+from burrscope.images import prepare_input
+from burrscope.params import load_params
 
 
 def main() -> None:
@@ -29,9 +20,10 @@ def main() -> None:
     with user_errors():
         params = load_params()
         # The padding is the same colour transparent pixels became, so the square has no visible border.
-        count = resize(
-            args.in_dir, args.out_dir, tuple(params["composite"]["background"]), params["resize"]["img_size"]
-        )
+        # Pillow's default PNG level: small files encode fast at it, and their bytes (hence DVC's hash, which
+        # decides whether training reruns) stay those of earlier runs.
+        transform = partial(prepare_input, background=params.background, img_size=params.img_size)
+        count = map_folder(args.in_dir, args.out_dir, transform)
     print(f"resize: {count} images -> {args.out_dir}")
 
 

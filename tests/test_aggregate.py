@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.aggregate import aggregate, load_predictions, main, threshold_table, write_outputs
-from stages.errors import DataError
+from burrscope.errors import DataError
+from burrscope.metrics import aggregate, load_predictions, threshold_table, write_outputs
+from stages.aggregate import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,12 +242,23 @@ def test_calibration_table_and_summary(tmp_path: Path) -> None:
 
 
 def test_multiclass_calibration_uses_top_probability(tmp_path: Path) -> None:
-    table = pd.DataFrame({"file": ["a", "b"], "label": ["x", "y"], "fold": [0, 1], "predicted": ["x", "x"],
-                          "prob_x": [0.9, 0.5], "prob_y": [0.05, 0.3], "prob_z": [0.05, 0.2]})
+    table = pd.DataFrame(
+        {
+            "file": ["a", "b"],
+            "label": ["x", "y"],
+            "fold": [0, 1],
+            "predicted": ["x", "x"],
+            "prob_x": [0.9, 0.5],
+            "prob_y": [0.05, 0.3],
+            "prob_z": [0.05, 0.2],
+        }
+    )
     _, summary, tables = aggregate(table, ["x", "y", "z"], 2, 0.5)
     assert summary["threshold"] is None and tables["thresholds"].empty
-    assert tables["calibration"][["mean_predicted", "fraction_positive"]].to_numpy().tolist() == [[0.5, 0.0],
-                                                                                                [0.9, 1.0]]
+    assert tables["calibration"][["mean_predicted", "fraction_positive"]].to_numpy().tolist() == [
+        [0.5, 0.0],
+        [0.9, 1.0],
+    ]
 
 
 def test_stale_fold_folders_are_ignored(tmp_path: Path) -> None:
@@ -301,6 +313,7 @@ def workspace(tmp_path: Path, folds: int = 2) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.cli
 def test_cli_writes_outputs(tmp_path: Path) -> None:
     env = workspace(tmp_path)
     fake_run(tmp_path, TOY)
@@ -310,6 +323,7 @@ def test_cli_writes_outputs(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "metrics.json").is_file()
 
 
+@pytest.mark.cli
 def test_main_exits_with_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace(tmp_path)
     fake_run(tmp_path, TOY)

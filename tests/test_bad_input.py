@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages.composite import composite
-from stages.errors import DataError
-from stages.files import sha256_file
-from stages.imageops import MAX_PAD_SIDE, list_images, pad_to_square, prepare_input, resize_square
-from stages.normalise import MANIFEST_COLUMNS, build_manifest, normalise, read_labels
-from stages.params import ParamsError, validate_params
-from stages.resize import resize
-from stages.split import assign_folds, fold_table
+from burrscope.errors import DataError
+from burrscope.files import sha256_file
+from burrscope.folders import list_images
+from burrscope.images import MAX_PAD_SIDE, pad_to_square, prepare_input, resize_square
+from burrscope.labels import read_labels
+from burrscope.manifest import build_manifest, normalise_folder
+from burrscope.params import ParamsError, validate_params
+from burrscope.split import assign_folds, fold_table
+from burrscope.tables import MANIFEST_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 BG = (0, 0, 0)
@@ -101,7 +103,7 @@ def test_unusable_image_is_a_clear_error(raw: Path, tmp_path: Path, name: str) -
     (raw / name).write_bytes(data)
     labels = write_labels(tmp_path / "labels.csv", [*GOOD_ROWS, f"{name},1"])
     with pytest.raises(DataError) as info:
-        normalise(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
+        normalise_folder(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
     message = str(info.value)
     assert f"  {name}: {reason}" in message  # the file, what is wrong ...
     assert "re-export it or remove it (and its labels row), or set data.on_bad_image: skip" in message  # what to do
@@ -113,7 +115,7 @@ def test_unusable_image_is_skipped_and_listed(raw: Path, tmp_path: Path, name: s
     data, reason = BAD_FILES[name]
     (raw / name).write_bytes(data)
     labels = write_labels(tmp_path / "labels.csv", [*GOOD_ROWS, f"{name},1"])
-    manifest = normalise(raw, labels, tmp_path / "out", tmp_path / "manifest.csv", on_bad_image="skip")
+    manifest = normalise_folder(raw, labels, tmp_path / "out", tmp_path / "manifest.csv", on_bad_image="skip")
     written = pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False)
     assert list(written.columns) == MANIFEST_COLUMNS
     skipped = written[written.skipped != ""]
@@ -195,7 +197,7 @@ def test_symlink_outside_the_raw_folder_is_refused(raw: Path, tmp_path: Path) ->
 def test_symlink_inside_the_raw_folder_is_followed(raw: Path, tmp_path: Path) -> None:
     (raw / "alias.png").symlink_to("good0.png")  # relative, inside the folder: read like a copy
     labels = write_labels(tmp_path / "labels.csv", [*GOOD_ROWS, "alias.png,0"])
-    manifest = normalise(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
+    manifest = normalise_folder(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
     row = manifest.set_index("original_name").loc["alias.png"]
     assert row.sha256 == sha256_file(raw / "good0.png")
     assert not (tmp_path / "out" / "alias.png").is_symlink()  # the output holds a real copy
@@ -243,16 +245,18 @@ UNUSUAL = {
 }  # fmt: skip
 
 
-def test_unusual_valid_images_pass_every_data_stage(tmp_path: Path) -> None:
+def test_unusual_valid_images_pass_every_data_stage(
+    tmp_path: Path, composite_folder: Callable[..., int], resize_folder: Callable[..., int]
+) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()
     for name, (data, *_) in UNUSUAL.items():
         (raw / name).write_bytes(data)
     labels = write_labels(tmp_path / "labels.csv", [f"{name},{i % 2}" for i, name in enumerate(UNUSUAL)])
-    manifest = normalise(raw, labels, tmp_path / "named", tmp_path / "manifest.csv").set_index("original_name")
+    manifest = normalise_folder(raw, labels, tmp_path / "named", tmp_path / "manifest.csv").set_index("original_name")
     assert (manifest.skipped == "").all()
-    assert composite(tmp_path / "named", tmp_path / "comp", BG) == len(UNUSUAL)
-    assert resize(tmp_path / "comp", tmp_path / "model_in", BG, 16) == len(UNUSUAL)
+    assert composite_folder(tmp_path / "named", tmp_path / "comp", BG) == len(UNUSUAL)
+    assert resize_folder(tmp_path / "comp", tmp_path / "model_in", BG, 16) == len(UNUSUAL)
     for name, (_, mode, shown, pixels) in UNUSUAL.items():
         assert manifest.at[name, "mode"] == mode, name
         stem = Path(manifest.at[name, "normalised_name"]).stem
@@ -267,7 +271,7 @@ def test_unusual_valid_images_pass_every_data_stage(tmp_path: Path) -> None:
 def test_long_strip_keeps_memory_small_and_stays_whole() -> None:
     # 20000x200: padding it to a square first would take 20000 * 20000 * 3 bytes = 1.2 GB.
     code = (
-        "import re; from PIL import Image; from stages.imageops import prepare_input\n"
+        "import re; from PIL import Image; from burrscope.images import prepare_input\n"
         "img = Image.new('RGB', (20000, 200), (255, 255, 255))\n"
         "out = prepare_input(img, (0, 0, 0), 224)\n"
         "row = [out.getpixel((x, 112))[0] for x in (0, 112, 223)]\n"
@@ -404,7 +408,7 @@ def test_colliding_names_are_all_kept(tmp_path: Path) -> None:
     noise(3, 3, seed=1).save(raw / "Part 1.png")
     noise(3, 3, seed=2).save(raw / "part_1.PNG")
     labels = write_labels(tmp_path / "labels.csv", ["Part 1.png,0", "part_1.PNG,1"])
-    manifest = normalise(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
+    manifest = normalise_folder(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
     assert manifest[["original_name", "normalised_name", "collision"]].values.tolist() == [
         ["Part 1.png", "part_1.png", "part_1"],
         ["part_1.PNG", "part_1_2.png", "part_1"],
@@ -426,6 +430,7 @@ def snapshot(*paths: Path) -> dict[str, object]:
     return state
 
 
+@pytest.mark.cli
 def test_cli_never_modifies_raw_data(raw: Path, tmp_path: Path) -> None:
     for name in ("zero.png", "truncated.jpg", "bomb.png"):
         (raw / name).write_bytes(BAD_FILES[name][0])

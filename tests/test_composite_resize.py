@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from stages.composite import composite
-from stages.errors import DataError
-from stages.files import sha256_file
-from stages.resize import resize
+from burrscope.errors import DataError
+from burrscope.files import sha256_file
 
 BG = (0, 0, 0)
 
@@ -31,9 +30,9 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_composite_writes_rgb_png_per_stem(photos: Path, tmp_path: Path) -> None:
+def test_composite_writes_rgb_png_per_stem(photos: Path, tmp_path: Path, composite_folder: Callable[..., int]) -> None:
     before = {p.name: sha256_file(p) for p in photos.iterdir()}
-    assert composite(photos, tmp_path / "out", BG) == 4
+    assert composite_folder(photos, tmp_path / "out", BG) == 4
     assert {p.name: sha256_file(p) for p in photos.iterdir()} == before
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["cutout.png", "grey.png", "palette.png", "photo.png"]
@@ -47,29 +46,33 @@ def test_composite_writes_rgb_png_per_stem(photos: Path, tmp_path: Path) -> None
     assert (pixels == 0).all()
 
 
-def test_composite_replaces_stale_output(photos: Path, tmp_path: Path) -> None:
+def test_composite_replaces_stale_output(photos: Path, tmp_path: Path, composite_folder: Callable[..., int]) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "stale.png").write_bytes(b"old run")
-    composite(photos, tmp_path / "out", BG)
+    composite_folder(photos, tmp_path / "out", BG)
     assert not (tmp_path / "out" / "stale.png").exists()
 
 
-def test_composite_refuses_clashing_stems(photos: Path, tmp_path: Path) -> None:
+def test_composite_refuses_clashing_stems(photos: Path, tmp_path: Path, composite_folder: Callable[..., int]) -> None:
     Image.new("RGB", (2, 2)).save(photos / "photo.png")
     with pytest.raises(DataError, match=r"photo\.jpg and photo\.png would both be written as photo\.png"):
-        composite(photos, tmp_path / "out", BG)
+        composite_folder(photos, tmp_path / "out", BG)
 
 
-def test_broken_image_names_file_and_leaves_no_output(photos: Path, tmp_path: Path) -> None:
+def test_broken_image_names_file_and_leaves_no_output(
+    photos: Path, tmp_path: Path, composite_folder: Callable[..., int]
+) -> None:
     (photos / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match=r"zz_broken\.png: cannot read image"):
-        composite(photos, tmp_path / "out", BG)
+        composite_folder(photos, tmp_path / "out", BG)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
-def test_resize_pads_and_sizes_every_image(photos: Path, tmp_path: Path) -> None:
-    composite(photos, tmp_path / "comp", (255, 255, 255))
-    assert resize(tmp_path / "comp", tmp_path / "out", (255, 255, 255), 16) == 4
+def test_resize_pads_and_sizes_every_image(
+    photos: Path, tmp_path: Path, composite_folder: Callable[..., int], resize_folder: Callable[..., int]
+) -> None:
+    composite_folder(photos, tmp_path / "comp", (255, 255, 255))
+    assert resize_folder(tmp_path / "comp", tmp_path / "out", (255, 255, 255), 16) == 4
     for path in (tmp_path / "out").iterdir():
         with Image.open(path) as img:
             assert img.mode == "RGB" and img.size == (16, 16)
@@ -81,9 +84,9 @@ def test_resize_pads_and_sizes_every_image(photos: Path, tmp_path: Path) -> None
     assert np.abs(pixels[7:9] - 90).max() <= 3
 
 
-def test_resize_refuses_uncomposited_input(photos: Path, tmp_path: Path) -> None:
+def test_resize_refuses_uncomposited_input(photos: Path, tmp_path: Path, resize_folder: Callable[..., int]) -> None:
     with pytest.raises(DataError, match=r"cutout\.png: pad_to_square needs an RGB image, got mode RGBA"):
-        resize(photos, tmp_path / "out", BG, 16)
+        resize_folder(photos, tmp_path / "out", BG, 16)
 
 
 @pytest.fixture
@@ -101,22 +104,26 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
-def test_parallel_stages_write_exactly_the_serial_files(many: Path, tmp_path: Path) -> None:
+def test_parallel_stages_write_exactly_the_serial_files(
+    many: Path, tmp_path: Path, composite_folder: Callable[..., int], resize_folder: Callable[..., int]
+) -> None:
     for workers in (1, 2):
-        assert composite(many, tmp_path / f"comp{workers}", (255, 0, 255), workers=workers) == 18
-        assert resize(tmp_path / f"comp{workers}", tmp_path / f"out{workers}", (255, 0, 255), 24, workers) == 18
+        assert composite_folder(many, tmp_path / f"comp{workers}", (255, 0, 255), workers=workers) == 18
+        assert resize_folder(tmp_path / f"comp{workers}", tmp_path / f"out{workers}", (255, 0, 255), 24, workers) == 18
     assert folder_bytes(tmp_path / "comp1") == folder_bytes(tmp_path / "comp2")
     assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
     assert len(set(folder_bytes(tmp_path / "out1").values())) == 18  # not 18 copies of one image
 
 
-def test_parallel_error_names_the_first_bad_file_as_serial_does(many: Path, tmp_path: Path) -> None:
+def test_parallel_error_names_the_first_bad_file_as_serial_does(
+    many: Path, tmp_path: Path, composite_folder: Callable[..., int]
+) -> None:
     for name in ("m_broken.png", "zz_broken.png"):  # the later one sits in a different task
         (many / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     messages = []
     for workers in (1, 2):
         with pytest.raises(DataError) as info:
-            composite(many, tmp_path / "out", BG, workers=workers)
+            composite_folder(many, tmp_path / "out", BG, workers=workers)
         messages.append(str(info.value))
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # nothing half-written left behind
     assert messages[0] == messages[1] and "m_broken.png: cannot read image" in messages[1]

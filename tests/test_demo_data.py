@@ -33,9 +33,7 @@ def _read_labels(path: Path) -> list[list[str]]:
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_generator_is_byte_reproducible(tmp_path: Path) -> None:

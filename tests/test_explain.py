@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +13,20 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from stages import models
-from stages.explain import (
+from burrscope import models
+from burrscope.explain import (
     HEATMAPS_CSV,
     ensemble_gradcam,
     explain_fold,
     explained_classes,
     gradcam,
     overlay,
-    overlay_names,
     target_layer,
 )
-from stages.models import Normalisation, build_model
-from stages.train import normalise
+from burrscope.models import Normalisation, build_model, standardise
+from burrscope.naming import png_names
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE, PATCH = 32, 6
 NORMALISATION = Normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -46,18 +47,17 @@ def patch_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
 
 def tiny_cnn() -> nn.Module:
     """Full-resolution convolutions, global average pooling, a linear head: the shape of our backbones, in small."""
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(16, 2))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tensors this small gain nothing from threads, and on a shared CPU two threads run ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 2),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def trained(one_thread: None) -> nn.Module:
     images, labels, _ = patch_task(256, seed=1)
     model = tiny_cnn()
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    inputs = normalise(images.float() / 255, NORMALISATION)
+    inputs = standardise(images.float() / 255, NORMALISATION)
     for step in range(40):
         batch = torch.arange(step * 32, step * 32 + 32) % len(images)
         loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
@@ -79,7 +79,7 @@ def trained(one_thread: None) -> nn.Module:
 
 def held_out(n: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
     images, labels, corners = patch_task(n, seed=2)
-    return images, normalise(images.float() / 255, NORMALISATION), labels, corners
+    return images, standardise(images.float() / 255, NORMALISATION), labels, corners
 
 
 def test_the_heatmap_peak_lands_on_the_patch_that_decides_the_class(trained: nn.Module) -> None:
@@ -141,11 +141,14 @@ def mobilenet_v2() -> nn.Module:
     return torchvision.models.mobilenet_v2(weights=None, num_classes=2)
 
 
-@pytest.mark.parametrize(("build", "layer"), [
-    (lambda: build_model("efficientnet_lite0", 2, False, 64).model, "_bn1"),
-    (lambda: build_model("resnet18", 2, False, 64).model, "layer4"),
-    (mobilenet_v2, "features"),
-])
+@pytest.mark.parametrize(
+    ("build", "layer"),
+    [
+        (lambda: build_model("efficientnet_lite0", 2, False, 64).model, "_bn1"),
+        (lambda: build_model("resnet18", 2, False, 64).model, "layer4"),
+        (mobilenet_v2, "features"),
+    ],
+)
 def test_target_layer_is_the_last_feature_map_of_each_backbone(build: Callable[[], nn.Module], layer: str) -> None:
     model = build().eval()
     assert target_layer(model) is getattr(model, layer)
@@ -176,23 +179,33 @@ def test_overlay_keeps_the_photo_where_there_is_no_heat() -> None:
         overlay(image, np.zeros((10, 8)))
 
 
-def test_overlay_names_are_unique_even_for_one_stem_in_two_folders() -> None:
+def test_overlay_png_names_are_unique_even_for_one_stem_in_two_folders() -> None:
     # The normalise stage's names: safe ASCII stems; in sorted order the first keeps the stem, later ones get _2, _3.
-    assert overlay_names(["a/part.png", "b/part.png", "b/part.jpg", "c/X 1.tif"]) == [
-        "part.png", "part_3.png", "part_2.png", "x_1.png"]
+    assert png_names(["a/part.png", "b/part.png", "b/part.jpg", "c/X 1.tif"]) == [
+        "part.png",
+        "part_3.png",
+        "part_2.png",
+        "x_1.png",
+    ]
 
 
 def fold_table(labels: torch.Tensor, predicted: list[int]) -> pd.DataFrame:
-    table = pd.DataFrame({"file": [f"img_{i}.png" for i in range(len(labels))],
-                          "label": [str(v) for v in labels.tolist()], "fold": 0,
-                          "predicted": [str(v) for v in predicted]})
+    table = pd.DataFrame(
+        {
+            "file": [f"img_{i}.png" for i in range(len(labels))],
+            "label": [str(v) for v in labels.tolist()],
+            "fold": 0,
+            "predicted": [str(v) for v in predicted],
+        }
+    )
     table["prob_1"] = [0.9 if p else 0.1 for p in predicted]
     table["prob_0"] = 1 - table["prob_1"]
     return table
 
 
-def test_explain_fold_writes_every_misclassified_image_and_some_correct_ones(trained: nn.Module,
-                                                                              tmp_path: Path) -> None:
+def test_explain_fold_writes_every_misclassified_image_and_some_correct_ones(
+    trained: nn.Module, tmp_path: Path
+) -> None:
     images, _, labels, _ = held_out(12)
     predicted = labels.tolist()
     wrong = [1, 4, 9]
@@ -206,8 +219,7 @@ def test_explain_fold_writes_every_misclassified_image_and_some_correct_ones(tra
 
     assert set(wrong) <= {int(f[4:-4]) for f in result["file"]}
     assert len(result) == len(wrong) + 4 and result["correct"].sum() == 4
-    assert list(result.columns) == ["file", "label", "predicted", "prob_0", "prob_1", "explained", "correct",
-                                    "heatmap"]
+    assert list(result.columns) == ["file", "label", "predicted", "prob_0", "prob_1", "explained", "correct", "heatmap"]
     assert (result["explained"] == "1").all()  # two classes: where the network looks for burrs
     written = pd.read_csv(out / HEATMAPS_CSV, dtype={"label": str, "predicted": str, "explained": str})
     pd.testing.assert_frame_equal(written, result)
@@ -220,8 +232,9 @@ def test_explain_fold_writes_every_misclassified_image_and_some_correct_ones(tra
     assert list(again["file"]) == list(result["file"])  # the seed fixes which correct images are shown
 
 
-def test_a_run_killed_midway_leaves_the_previous_folder_whole(trained: nn.Module, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_killed_midway_leaves_the_previous_folder_whole(
+    trained: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images, _, labels, _ = held_out(4)
     table = fold_table(labels, [1, 1, 0, 0])
     out = tmp_path / "heatmaps"
@@ -235,7 +248,7 @@ def test_a_run_killed_midway_leaves_the_previous_folder_whole(trained: nn.Module
             raise KeyboardInterrupt
         return overlay(image, heat)
 
-    monkeypatch.setattr("stages.explain.overlay", dies_on_the_second_image)
+    monkeypatch.setattr("burrscope.explain.overlay", dies_on_the_second_image)
     with pytest.raises(KeyboardInterrupt):
         explain_fold(trained, images, NORMALISATION, table, ["0", "1"], 2, out, seed=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

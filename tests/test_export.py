@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -16,28 +18,43 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from burrscope import export as export_module
+from burrscope.export import ONNX, SUMMARY, TORCHSCRIPT, Probabilities, load_torchscript
+from burrscope.files import sha256_file
+from burrscope.inference import load_ensemble, predict, preprocess
+from burrscope.models import build_model
+from burrscope.params import Params
+from burrscope.tracking import PARENT_RUN_TAG, FoldRun, log_aggregate
 from stages import export as export_stage
-from stages.export import ONNX, SUMMARY, TORCHSCRIPT, ExportError, Probabilities, export
-from stages.models import build_model
-from stages.predict import load_ensemble, predict, preprocess
-from stages.tracking import FoldRun, log_aggregate
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.cli  # every test runs the export stage's main(), or reads what it wrote
+
 SIZE = 32
 BACKGROUND = (20, 40, 60)
 FOLDS = ("fold_0", "fold_1")
 
 
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["resize"]["img_size"] = SIZE
-    params["composite"]["background"] = list(BACKGROUND)
-    params["predict"]["threshold"] = 0.4
-    return params
+@pytest.fixture(scope="module")
+def export_params(tiny_params: Callable[..., Params]) -> Callable[..., Params]:
+    """tiny_params for these models: their background, and a threshold that is not the default."""
+    return lambda **changes: tiny_params(
+        composite={"background": list(BACKGROUND)}, predict={"threshold": 0.4, **changes}
+    )
+
+
+def run_export(workspace: Path, cwd: Path, params: Params, out: Path) -> dict:
+    """The export stage's main() in `cwd`, with `params` as its params.yaml; the export.json it wrote."""
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params.raw))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        args = [workspace / "folds.csv", workspace / "images", workspace / "train", out]
+        mp.setattr(sys, "argv", ["export", *map(str, args)])
+        export_stage.main()
+    return json.loads((out / SUMMARY).read_text())
 
 
 def save_checkpoint(path: Path, seed: int) -> None:
-    """A random-init EfficientNet-Lite0 in the checkpoint format stages/train.py writes.
+    """A random-init EfficientNet-Lite0 in the checkpoint format the train stage writes.
 
     Its batch norms are calibrated on random images: with their initial statistics the activations fade to
     nothing through the blocks, and every input would get the same probabilities.
@@ -51,9 +68,19 @@ def save_checkpoint(path: Path, seed: int) -> None:
     with torch.no_grad():
         built.model.train()(torch.rand(16, 3, SIZE, SIZE) * torch.rand(16, 1, 1, 1))
     path.parent.mkdir(parents=True)
-    torch.save({"model": "efficientnet_lite0", "classes": ["0", "1"], "img_size": SIZE, "background": list(BACKGROUND),
-                "mean": list(built.normalisation.mean), "std": list(built.normalisation.std), "epoch": 1,
-                "state_dict": built.model.state_dict()}, path)
+    torch.save(
+        {
+            "model": "efficientnet_lite0",
+            "classes": ["0", "1"],
+            "img_size": SIZE,
+            "background": list(BACKGROUND),
+            "mean": list(built.normalisation.mean),
+            "std": list(built.normalisation.std),
+            "epoch": 1,
+            "state_dict": built.model.state_dict(),
+        },
+        path,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,26 +96,28 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(rgba, "RGBA").save(root / "raw" / f"part_{i}.png")
         processed = preprocess(root / "raw" / f"part_{i}.png", BACKGROUND, SIZE).permute(1, 2, 0).numpy()
         Image.fromarray(processed).save(root / "images" / f"part_{i}.png")
-    pd.DataFrame({"file": [f"part_{i}.png" for i in range(6)], "label": ["0", "1"] * 3,
-                  "fold": [0, 0, 0, 1, 1, 1]}).to_csv(root / "folds.csv", index=False)
+    pd.DataFrame(
+        {"file": [f"part_{i}.png" for i in range(6)], "label": ["0", "1"] * 3, "fold": [0, 0, 0, 1, 1, 1]}
+    ).to_csv(root / "folds.csv", index=False)
     for seed, name in enumerate((*FOLDS, "final")):
         save_checkpoint(root / "train" / name / "model.pt", seed)
     return root
 
 
 @pytest.fixture(scope="module")
-def exported(workspace: Path) -> tuple[Path, dict]:
+def exported(workspace: Path, export_params: Callable[..., Params]) -> tuple[Path, dict]:
     """The fold ensemble exported into a temp sqlite store whose pipeline parent aggregate has already closed."""
+    params = export_params()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workspace)
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME"):
             mp.delenv(name, raising=False)
-        with FoldRun(tiny_params(), workspace / "folds.csv", 0) as run:
+        with FoldRun(params.recipe, params.folds, workspace / "folds.csv", 0) as run:
             run.finish(build_model("efficientnet_lite0", 2, False, SIZE).weights, [])
-        log_aggregate(tiny_params(), workspace / "folds.csv", {}, [])
-        summary = export(workspace / "folds.csv", workspace / "images", workspace / "train", workspace / "export",
-                         tiny_params())
-    summary["parent_of_folds"] = run.parent_id
+        parent, _ = log_aggregate(params.recipe, workspace / "folds.csv", {}, [])
+        summary = run_export(workspace, workspace, params, workspace / "export")
+    assert parent == run.connection.client.get_run(run.run_id).data.tags[PARENT_RUN_TAG]
+    summary["parent_of_folds"] = parent
     return workspace / "export", summary
 
 
@@ -102,7 +131,7 @@ def test_exports_match_the_ensemble_on_another_batch_size(workspace: Path, expor
     images = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))  # exported with 2, checked on 6
     with torch.inference_mode():
         expected = fold_ensemble(workspace)(images).numpy()
-        scripted = torch.jit.load(str(out / TORCHSCRIPT))(images).numpy()
+        scripted = load_torchscript(out / TORCHSCRIPT)(images).numpy()
     session = onnxruntime.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])
     (onnx,) = session.run(None, {"image": images.numpy()})
     assert expected.shape == (5, 2) and not np.allclose(expected, expected[0])  # the images are told apart
@@ -111,59 +140,70 @@ def test_exports_match_the_ensemble_on_another_batch_size(workspace: Path, expor
     written = json.loads((out / SUMMARY).read_text())
     assert written["parity"]["images"] == 6 and max(written["parity"]["max_abs_diff"].values()) <= 1e-4
     assert [Path(c["path"]).parent.name for c in written["source_checkpoints"]] == list(FOLDS)
-    assert written["files"][ONNX]["sha256"] == export_stage.sha256_file(out / ONNX)
+    assert written["files"][ONNX]["sha256"] == sha256_file(out / ONNX)
     assert (written["classes"], written["positive_class"], written["threshold"]) == (["0", "1"], "1", 0.4)
-    assert written["mlflow"] == summary["mlflow"] and summary["mlflow"]["status"] == "ok"
+    assert summary["mlflow"]["status"] == "ok"
+    assert summary["mlflow"]["tracking_uri"] == "sqlite:///mlflow.db"  # relative to the workspace: committed
 
 
-def test_registered_model_sits_under_the_closed_pipeline_parent(workspace: Path, exported: tuple[Path, dict]) -> None:
+def test_registered_model_sits_under_the_closed_pipeline_parent(
+    workspace: Path, exported: tuple[Path, dict], export_params: Callable[..., Params]
+) -> None:
     _, summary = exported
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-    version = client.get_model_version(tiny_params()["mlflow"]["registered_model"], summary["mlflow"]["version"])
+    version = client.get_model_version(export_params().mlflow.registered_model, summary["mlflow"]["version"])
     assert version.run_id == summary["mlflow"]["run_id"]
     run = client.get_run(version.run_id)
     assert run.info.run_name == "export" and run.info.status == "FINISHED"
-    assert run.data.tags["mlflow.parentRunId"] == summary["parent_of_folds"]
+    assert run.data.tags[PARENT_RUN_TAG] == summary["parent_of_folds"]
     assert client.get_run(summary["parent_of_folds"]).info.status == "FINISHED"  # not reopened
 
 
-def test_pyfunc_model_predicts_raw_rgba_bytes_as_predict_does(workspace: Path, exported: tuple[Path, dict],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyfunc_model_predicts_raw_rgba_bytes_as_predict_does(
+    workspace: Path,
+    exported: tuple[Path, dict],
+    export_params: Callable[..., Params],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    params = export_params()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/{tiny_params()['mlflow']['registered_model']}/latest")
+    model = mlflow.pyfunc.load_model(f"models:/{params.mlflow.registered_model}/latest")
     raw = sorted((workspace / "raw").iterdir())
     got = model.predict(pd.DataFrame({"image": [p.read_bytes() for p in raw]}))
     ensemble = load_ensemble([workspace / "train" / fold / "model.pt" for fold in FOLDS])
-    expected = predict(ensemble, raw, threshold=tiny_params()["predict"]["threshold"])
+    expected = predict(ensemble, raw, threshold=params.predict.threshold)
     assert list(got.columns) == ["predicted", "prob_0", "prob_1"]
     np.testing.assert_allclose(got[["prob_0", "prob_1"]], expected[["prob_0", "prob_1"]], atol=1e-5)
     assert list(got["predicted"]) == list(expected["predicted"])
     # CSV input reaches the model as text, which it takes as base64.
     as_text = model.predict(pd.DataFrame({"image": [base64.b64encode(raw[0].read_bytes()).decode()]}))
     np.testing.assert_allclose(as_text[["prob_0", "prob_1"]], got[["prob_0", "prob_1"]].head(1), atol=1e-5)
-    # The stages code travels with the model, so it loads where the repository is not installed.
+    # The modules it runs travel with the model, so it loads where the repository is not installed; neither
+    # the stages nor the training code come along.
     local = Path(mlflow.artifacts.download_artifacts(exported[1]["mlflow"]["model_uri"]))
-    assert (local / "code" / "stages" / "predict.py").is_file()
+    shipped = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
+    assert {"burrscope/serving.py", "burrscope/inference.py", "burrscope/__init__.py"} <= shipped
+    assert not any(name.startswith(("stages/", "burrscope/training/")) for name in shipped)
 
 
-def test_final_model_is_exported_and_an_unreachable_store_costs_no_file(workspace: Path, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_final_model_is_exported_and_an_unreachable_store_costs_no_file(
+    workspace: Path, tmp_path: Path, export_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
-    params = tiny_params()
-    params["predict"]["final"] = ["all"]
-    summary = export(workspace / "folds.csv", workspace / "images", workspace / "train", tmp_path / "out", params)
+    summary = run_export(workspace, tmp_path, export_params(final=["all"]), tmp_path / "out")
     assert [Path(c["path"]).parent.name for c in summary["source_checkpoints"]] == ["final"]
-    assert summary["mlflow"]["status"].startswith("failed: MLflow tracking at http://127.0.0.1:9 is unreachable")
-    assert json.loads((tmp_path / "out" / SUMMARY).read_text())["mlflow"] == summary["mlflow"]
+    status = summary["mlflow"]["status"]
+    assert status.startswith("failed: logging and registering the model: MLflow tracking at http://127.0.0.1:9 is")
+    assert "fix MLFLOW_TRACKING_URI" in status
     images = torch.rand(3, 3, SIZE, SIZE)
     with torch.inference_mode():
         expected = Probabilities(load_ensemble([workspace / "train" / "final" / "model.pt"]))(images)
-        np.testing.assert_allclose(torch.jit.load(str(tmp_path / "out" / TORCHSCRIPT))(images), expected, atol=1e-5)
+        np.testing.assert_allclose(load_torchscript(tmp_path / "out" / TORCHSCRIPT)(images), expected, atol=1e-5)
 
 
-def test_failed_parity_refuses_and_leaves_nothing(workspace: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_parity_refuses_and_leaves_nothing(
+    workspace: Path, tmp_path: Path, export_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
+) -> None:
     class Skewed(torch.nn.Module):
         """Off by 1e-3: the kind of drift parity must catch."""
 
@@ -174,11 +214,13 @@ def test_failed_parity_refuses_and_leaves_nothing(workspace: Path, tmp_path: Pat
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             return self.module(images) + 1e-3
 
-    exact = export_stage.export_torchscript
-    monkeypatch.setattr(export_stage, "export_torchscript", lambda module, *args: exact(Skewed(module), *args))
-    monkeypatch.setattr(export_stage.tracking, "log_export", lambda *_: pytest.fail("MLflow after a refusal"))
-    params = tiny_params()
-    params["predict"]["final"] = ["all"]  # one model: half the work
-    with pytest.raises(ExportError, match=r"model\.ts differs from the PyTorch models by 0\.001 on 6 processed"):
-        export(workspace / "folds.csv", workspace / "images", workspace / "train", tmp_path / "out", params)
-    assert list(tmp_path.iterdir()) == []
+    exact = export_module.export_torchscript
+    monkeypatch.setattr(export_module, "export_torchscript", lambda module, *args: exact(Skewed(module), *args))
+    monkeypatch.setattr(export_stage, "register", lambda *_: pytest.fail("MLflow after a refusal"))
+    (tmp_path / "cwd").mkdir()
+    with pytest.raises(SystemExit) as exit_:  # one model (the final one): half the work
+        run_export(workspace, tmp_path / "cwd", export_params(final=["all"]), tmp_path / "out")
+    assert str(exit_.value.code).startswith(
+        "error: model.ts differs from the PyTorch models by 0.001 on 6 processed images"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["cwd"]

@@ -1,4 +1,4 @@
-"""Shared helpers: atomic writes, params validation, class ordering."""
+"""Shared helpers: atomic writes, params validation and its typed sections, class ordering."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.classes import class_order, prob_column
-from stages.files import atomic_dir, atomic_path, sha256_file, write_text_atomic
-from stages.params import ParamsError, load_params, validate_params
+from burrscope.classes import class_order, prob_column
+from burrscope.files import atomic_dir, atomic_path, sha256_file, write_text_atomic
+from burrscope.params import TRAINING_KEYS, Augment, Params, ParamsError, Recipe, load_params, lookup, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,10 @@ def test_repo_params_are_valid_and_lr_is_top_level() -> None:
         ({"resize": {"img_size": 0}}, r"resize.img_size: 0 is less than the minimum"),
         ({"split": {"folds": 1, "fold_ids": [0]}}, r"split.folds: 1 is less than the minimum"),
         ({"split": {"folds": 3, "fold_ids": [0, 1, 2, 3, 4]}}, r"set fold_ids to \[0, 1, 2\]"),
-        ({"train": {"device": "tpu", "keep": "last", "augment": {"flip": True, "rot90": True, "jitter": 0.1}}},
-         r"train.device: 'tpu' is not one of"),
+        (
+            {"train": {"device": "tpu", "keep": "last", "augment": {"flip": True, "rot90": True, "jitter": 0.1}}},
+            r"train.device: 'tpu' is not one of",
+        ),
         ({"typo_key": 1}, r"Additional properties are not allowed \('typo_key'"),
     ],
 )
@@ -96,17 +98,41 @@ def test_load_params_reports_missing_file(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
 
 
-def test_cuda_on_a_machine_without_a_gpu_stops_the_first_stage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cuda_on_a_machine_without_a_gpu_stops_the_first_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = repo_params()
     params["train"]["device"] = "cuda"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.setattr("stages.params.nvidia_driver_present", lambda: False)
+    monkeypatch.setattr("burrscope.params.nvidia_driver_present", lambda: False)
     with pytest.raises(ParamsError, match=r"train\.device is `cuda` but this machine has no NVIDIA driver"):
         load_params(tmp_path / "params.yaml")
-    monkeypatch.setattr("stages.params.nvidia_driver_present", lambda: True)
-    assert load_params(tmp_path / "params.yaml")["train"]["device"] == "cuda"
+    monkeypatch.setattr("burrscope.params.nvidia_driver_present", lambda: True)
+    assert load_params(tmp_path / "params.yaml").recipe.device == "cuda"
+
+
+def test_params_sections_hold_the_values_of_params_yaml() -> None:
+    params = Params.from_mapping(validate_params(repo_params()))
+    assert params.raw == repo_params()
+    assert (params.seed, params.img_size, params.folds) == (42, 224, 5)
+    assert params.background == (0, 0, 0) and params.data.classes is None and params.data.on_bad_image == "error"
+    assert params.predict.final == () and params.predict.threshold == 0.5
+    assert params.mlflow.registered_model == "burrscope-burr-classifier"
+    assert params.explain_correct == repo_params()["train"]["explain_correct"]
+    assert params.recipe.augment == Augment(flip=True, rot90=True, jitter=0.1)
+
+
+def test_the_recipe_is_every_training_key_and_round_trips_through_them() -> None:
+    params = repo_params()
+    recipe = Recipe.from_params(params)
+    assert recipe.as_params() == {key: lookup(params, key) for key in TRAINING_KEYS.values()}
+    assert list(recipe.as_params()) == list(TRAINING_KEYS.values())
+    nested: dict = {}
+    for dotted, value in recipe.as_params().items():
+        *parents, last = dotted.split(".")
+        target = nested
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[last] = value
+    assert Recipe.from_params(nested) == recipe
 
 
 def test_class_order_is_numeric_when_labels_are_integers() -> None:

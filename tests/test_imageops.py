@@ -1,4 +1,4 @@
-"""Pure image operations: compositing every mode onto the background, padding and resizing."""
+"""Pure image operations (compositing every mode onto the background, padding, resizing) and image folders."""
 
 from __future__ import annotations
 
@@ -12,16 +12,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stages.errors import DataError
-from stages.imageops import (
-    composite_on_background,
-    list_images,
-    output_name,
-    pad_to_square,
-    parallel_map,
-    prepare_input,
-    resize_square,
-)
+from burrscope.errors import DataError
+from burrscope.folders import list_images, parallel_map
+from burrscope.images import composite_on_background, pad_to_square, prepare_input, resize_square
+from burrscope.naming import output_name
 
 BG = (10, 200, 30)
 colours = st.tuples(*[st.integers(0, 255)] * 3)

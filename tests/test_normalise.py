@@ -16,17 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from stages.errors import DataError
-from stages.files import sha256_file
-from stages.normalise import (
-    MANIFEST_COLUMNS,
-    assign_names,
-    build_manifest,
-    normalise,
-    normalise_name,
-    normalise_stem,
-    read_labels,
-)
+from burrscope.errors import DataError
+from burrscope.files import sha256_file
+from burrscope.labels import read_labels
+from burrscope.manifest import build_manifest, normalise_folder
+from burrscope.naming import assign_names, normalise_name, normalise_stem
+from burrscope.tables import MANIFEST_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +123,7 @@ def test_raw_size_ignores_exif_rotation(tmp_path: Path) -> None:
 def test_normalise_copies_bytes_and_leaves_raw_untouched(raw: Path, tmp_path: Path) -> None:
     labels = write_labels(tmp_path / "labels.csv", ["IMG_3 (2).PNG,1", "零件 7.png,0", "a.png,1", "a.jpg,0"])
     before = {p.name: sha256_file(p) for p in raw.iterdir()}
-    manifest = normalise(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
+    manifest = normalise_folder(raw, labels, tmp_path / "out", tmp_path / "manifest.csv")
     assert {p.name: sha256_file(p) for p in raw.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(manifest.normalised_name)
     for row in manifest.itertuples():
@@ -202,6 +197,7 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.cli
 def test_cli_chain(workdir: Path) -> None:
     raw = workdir / "raw"
     raw.mkdir()
@@ -230,6 +226,7 @@ def test_cli_chain(workdir: Path) -> None:
         assert (np.asarray(img) == 255).all()
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("stage", ["normalise", "composite", "resize", "split"])
 def test_cli_bad_input_is_one_line(workdir: Path, stage: str) -> None:
     missing = workdir / "missing"
@@ -241,6 +238,7 @@ def test_cli_bad_input_is_one_line(workdir: Path, stage: str) -> None:
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.cli
 def test_cli_bad_params_is_reported(workdir: Path) -> None:
     (workdir / "params.yaml").write_text("seed: -1\n", encoding="utf-8")
     result = run_stage(workdir, "composite", workdir / "in", workdir / "out")

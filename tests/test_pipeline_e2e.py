@@ -21,8 +21,9 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 6
 TINY = {"epochs": 1, "batch_size": 4, "resize": {"img_size": 32}, "split": {"folds": 2, "fold_ids": [0, 1]}}
-STAGES = {"normalise", "composite", "resize", "split", "train@0", "train@1", "aggregate", "report", "export"}
+FOLD_STAGES = {"train@0", "train@1", "explain@0", "explain@1"}
 AFTER_TRAINING = {"aggregate", "report", "export"}
+STAGES = {"normalise", "composite", "resize", "split", *FOLD_STAGES, *AFTER_TRAINING}
 DATA_OUTPUTS = ["data/interim/manifest.csv", "data/processed/folds.csv"]
 
 
@@ -101,8 +102,11 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dvc_repro_produces_every_output(dvc_project: Path) -> None:
     for fold in (0, 1):
-        for name in ("model.pt", "metrics.json", "history.csv", "predictions.csv", "heatmaps/heatmaps.csv"):
+        for name in ("model.pt", "metrics.json", "history.csv", "predictions.csv"):
             assert (dvc_project / f"results/train/fold_{fold}/{name}").is_file()
+        explained = dvc_project / f"results/explain/fold_{fold}"  # the explain stage's Grad-CAM overlays
+        heatmaps = pd.read_csv(explained / "heatmaps.csv")
+        assert len(heatmaps) and all((explained / name).is_file() for name in heatmaps["heatmap"])
     for name in ("metrics.json", "confusion.csv", "roc.csv", "thresholds.csv", "calibration.csv", "predictions.csv"):
         assert (dvc_project / "results/aggregate" / name).is_file()
     html = (dvc_project / "reports/report.html").read_text()
@@ -127,7 +131,7 @@ def test_dvc_exp_run_reruns_training_only_and_links_mlflow_runs(dvc_project: Pat
     before = mlflow_runs(dvc_project / "mlflow.db")
 
     output = run(["dvc", "exp", "run", "-S", "lr=0.002", "--name", "lr-test"], dvc_project, env)
-    assert stages_run(output) == {"train@0", "train@1", *AFTER_TRAINING}
+    assert stages_run(output) == {*FOLD_STAGES, *AFTER_TRAINING}
     assert "lr-test" in run(["dvc", "exp", "show", "--csv"], dvc_project, env)
 
     new = [r for r in mlflow_runs(dvc_project / "mlflow.db") if r not in before]
@@ -194,4 +198,5 @@ def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     plan = run(["snakemake", "--cores", "2", "--dry-run"], root, env)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, flags=re.M))
-    assert jobs == {"train": "2", "aggregate": "1", "report": "1", "export": "1", "all": "1", "total": "6"}
+    expected = {"train": "2", "explain": "2", "aggregate": "1", "report": "1", "export": "1", "all": "1", "total": "8"}
+    assert jobs == expected

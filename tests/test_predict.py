@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,35 +17,27 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_explain import one_thread  # noqa: F401  (autouse: this module's tiny tensors run faster on one thread)
 
-from stages.composite import composite
-from stages.errors import DataError, UserError
-from stages.imageops import output_name
-from stages.predict import (
-    check_threshold,
+from burrscope.console import progress_bar
+from burrscope.errors import DataError, UserError
+from burrscope.explain import explain_paths, overlay_writer
+from burrscope.inference import (
     chosen_checkpoints,
     collect_images,
     find_checkpoints,
     load_ensemble,
-    main,
     predict,
-    progress_bar,
+    valid_threshold,
 )
-from stages.resize import resize
-from stages.train import train_fold, write_outputs
+from burrscope.naming import output_name
+from burrscope.params import Params
+from burrscope.training.fold import train_fold, write_outputs
+from stages.predict import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # this module's tiny tensors run faster on one thread
 
 REPO = Path(__file__).resolve().parents[1]
 BACKGROUND = (0, 0, 0)
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update({"epochs": 1, "batch_size": 4})
-    params["resize"]["img_size"] = 32
-    params["composite"]["background"] = list(BACKGROUND)
-    params["train"]["device"] = "cpu"
-    return params
 
 
 def cut_out(rng: np.random.Generator, width: int, height: int, burr: bool) -> Image.Image:
@@ -58,7 +52,13 @@ def cut_out(rng: np.random.Generator, width: int, height: int, burr: bool) -> Im
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_params: Callable[..., Params],
+    composite_folder: Callable[..., int],
+    resize_folder: Callable[..., int],
+    one_thread: None,
+) -> tuple[Path, Path, pd.DataFrame]:
     """Raw folder of 8 cut-outs (sizes 40-90 px, several modes), run through composite, resize and 2 folds."""
     root = tmp_path_factory.mktemp("predict")
     raw = root / "raw"
@@ -78,14 +78,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Da
         img.save(raw / name, **({"transparency": 0} if img.mode == "P" else {}))
         rows.append({"raw": name, "file": output_name(name), "label": str(label), "fold": i % 2})
     table = pd.DataFrame(rows)
-    params = tiny_params()
-    composite(raw, root / "composited", BACKGROUND)
-    resize(root / "composited", root / "images", BACKGROUND, params["resize"]["img_size"])
+    recipe = tiny_params(epochs=1, composite={"background": list(BACKGROUND)}).recipe
+    composite_folder(raw, root / "composited", BACKGROUND)
+    resize_folder(root / "composited", root / "images", BACKGROUND, recipe.img_size)
     folds = table[["file", "label", "fold"]]
     models = root / "results" / "train"
     for fold in (0, 1):
-        result, built, classes = train_fold(root / "images", folds, fold, params)
-        write_outputs(models / f"fold_{fold}", result, built, classes, folds[folds["fold"] == fold], params)
+        write_outputs(models / f"fold_{fold}", train_fold(root / "images", folds, fold, recipe), recipe)
     return raw, models, table
 
 
@@ -135,10 +134,12 @@ def test_no_models_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stages.predict", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "stages.predict", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
+@pytest.mark.cli
 def test_cli_on_a_folder_writes_the_csv(trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     raw, models, table = trained
     out = tmp_path / "predictions.csv"
@@ -150,8 +151,8 @@ def test_cli_on_a_folder_writes_the_csv(trained: tuple[Path, Path, pd.DataFrame]
     assert "8/8 images" in done.stderr and "part_0.png" in done.stdout
 
 
-def test_cli_names_a_corrupt_file_without_a_traceback(trained: tuple[Path, Path, pd.DataFrame],
-                                                      tmp_path: Path) -> None:
+@pytest.mark.cli
+def test_cli_names_a_corrupt_file_without_a_traceback(trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     raw, models, _ = trained
     shutil.copy(raw / "part_0.png", tmp_path / "good.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -162,6 +163,7 @@ def test_cli_names_a_corrupt_file_without_a_traceback(trained: tuple[Path, Path,
     assert len(error) == 1 and "broken.png" in error[0]
 
 
+@pytest.mark.cli
 def test_cli_without_models_says_to_run_the_pipeline(trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
     raw, _, _ = trained
     done = run_cli(raw / "part_0.png", "--models", tmp_path / "nothing")
@@ -185,9 +187,9 @@ def test_a_lowered_threshold_calls_the_positive_class_below_one_half(trained: tu
 
 @pytest.mark.parametrize("threshold", [0, 1, -0.1, 1.5, math.nan])
 def test_a_threshold_outside_0_1_is_refused(threshold: float) -> None:
-    with pytest.raises(UserError, match=r"--threshold must be between 0 and 1 \(exclusive\)"):
-        check_threshold(threshold)
-    assert check_threshold(0.3) == 0.3
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be between 0 and 1 \(exclusive\), not "):
+        valid_threshold(str(threshold))
+    assert valid_threshold("0.3") == 0.3
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: object) -> None:
@@ -197,14 +199,21 @@ def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: object) -> None:
     main()
 
 
-def test_cli_refuses_a_bad_threshold(trained: tuple[Path, Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.cli
+def test_cli_refuses_a_bad_threshold(
+    trained: tuple[Path, Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw, models, _ = trained
-    with pytest.raises(SystemExit, match=r"^error: --threshold must be between 0 and 1"):
+    with pytest.raises(SystemExit) as exit_:
         run_main(monkeypatch, REPO, raw, "--models", models, "--threshold", "1")
+    assert exit_.value.code == 2  # argparse's usage error, before anything is read
+    assert "argument --threshold: must be between 0 and 1 (exclusive), not 1" in capsys.readouterr().err
 
 
-def test_cli_refuses_to_write_heatmaps_among_the_input_photos(trained: tuple[Path, Path, pd.DataFrame],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.cli
+def test_cli_refuses_to_write_heatmaps_among_the_input_photos(
+    trained: tuple[Path, Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw, models, _ = trained
     before = sorted(raw.iterdir())
     with pytest.raises(SystemExit, match=r"^error: --explain .* is a folder of input images"):
@@ -212,18 +221,20 @@ def test_cli_refuses_to_write_heatmaps_among_the_input_photos(trained: tuple[Pat
     assert sorted(raw.iterdir()) == before
 
 
-def test_explain_writes_one_overlay_per_input_of_the_model_input_size(trained: tuple[Path, Path, pd.DataFrame],
-                                                                     tmp_path: Path) -> None:
+def test_explain_writes_one_overlay_per_input_of_the_model_input_size(
+    trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path
+) -> None:
     raw, models, _ = trained
     for folder in ("a", "b"):  # the same name in two folders must not share a heatmap
         (tmp_path / folder).mkdir()
         shutil.copy(raw / "part_0.png", tmp_path / folder / "part_0.png")
     images = [*collect_images([raw]), tmp_path / "a" / "part_0.png", tmp_path / "b" / "part_0.png"]
     ensemble = load_ensemble(find_checkpoints(models))
-    explained = predict(ensemble, images, batch_size=4, explain_dir=tmp_path / "heat")
+    heatmaps = explain_paths(tmp_path / "heat", images)
+    writer = overlay_writer(ensemble.models, ensemble.classes, heatmaps)
+    explained = predict(ensemble, images, batch_size=4, on_batch=writer)
     plain = predict(ensemble, images, batch_size=4)
-    pd.testing.assert_frame_equal(explained.drop(columns="heatmap"), plain)  # explaining changes no prediction
-    heatmaps = [Path(p) for p in explained["heatmap"]]
+    pd.testing.assert_frame_equal(explained, plain)  # explaining changes no prediction
     assert len(set(heatmaps)) == len(images)
     assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == sorted(p.name for p in heatmaps)
     for path in heatmaps:
@@ -255,9 +266,13 @@ def test_missing_final_model_is_a_clear_error(trained: tuple[Path, Path, pd.Data
         chosen_checkpoints(models, ["all"])
 
 
-def test_cli_uses_the_final_model_and_threshold_from_params(trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.cli
+def test_cli_uses_the_final_model_and_threshold_from_params(
+    trained: tuple[Path, Path, pd.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     raw, models, _ = trained
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["predict"] = {"final": ["all"], "threshold": 0.3}
@@ -265,8 +280,9 @@ def test_cli_uses_the_final_model_and_threshold_from_params(trained: tuple[Path,
     shutil.copytree(models, tmp_path / "train")
     (tmp_path / "train" / "final").mkdir()
     shutil.copy(models / "fold_0" / "model.pt", tmp_path / "train" / "final" / "model.pt")  # a stand-in final model
-    run_main(monkeypatch, tmp_path, raw, "--models", "train", "--out", "out.csv", "--explain", "heat",
-             "--device", "cpu")
+    run_main(
+        monkeypatch, tmp_path, raw, "--models", "train", "--out", "out.csv", "--explain", "heat", "--device", "cpu"
+    )
     assert "the final model" in capsys.readouterr().err
     written = pd.read_csv(tmp_path / "out.csv", dtype={"predicted": str})
     alone = predict(load_ensemble([models / "fold_0" / "model.pt"]), collect_images([raw]))

@@ -2,51 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from PIL import Image
 from torch import nn
 
-from stages import train
-from stages.train import WeightAverage, evaluate, load_images, lr_factor, make_optimiser, train_fold
+from burrscope.device import Runtime
+from burrscope.params import Params
+from burrscope.tensors import load_images
+from burrscope.training import fold as fold_module
+from burrscope.training.fold import fold_metrics, train_fold
+from burrscope.training.loop import WeightAverage, image_logits, lr_factor, make_optimiser, scores
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_params(**changes: object) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update({"epochs": 2, "batch_size": 4})
-    params["resize"]["img_size"] = 32
-    params["train"].update({"device": "cpu", **changes})
-    return params
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    """12 padded 32 px inputs in 3 folds: class 1 carries a bright notch at the edge, class 0 does not."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(12):
-        pixels = np.zeros((32, 32, 3), np.uint8)
-        pixels[12:20, 4:28] = rng.integers(90, 140, (8, 24, 3))
-        if i % 2:
-            pixels[9:12, 25:28] = 255
-        Image.fromarray(pixels).save(folder / f"img_{i}.png")
-        rows.append({"file": f"img_{i}.png", "label": str(i % 2), "fold": i % 3})
-    return folder, pd.DataFrame(rows)
+Notch = tuple[Path, pd.DataFrame]
 
 
 def test_lr_factor_warms_up_linearly_then_follows_the_schedule() -> None:
     assert [lr_factor(s, 10, 4, "constant") for s in range(10)] == pytest.approx(
-        [0.01, 0.2575, 0.505, 0.7525, 1, 1, 1, 1, 1, 1])
+        [0.01, 0.2575, 0.505, 0.7525, 1, 1, 1, 1, 1, 1]
+    )
     cosine = [lr_factor(s, 10, 2, "cosine") for s in range(10)]
     assert cosine[:3] == pytest.approx([0.01, 0.505, 1.0])
     assert cosine[6] == pytest.approx(0.5)  # halfway through the 8 steps after the warmup
@@ -55,9 +35,9 @@ def test_lr_factor_warms_up_linearly_then_follows_the_schedule() -> None:
 
 
 def test_train_fold_sets_the_scheduled_lr_before_every_step(
-    tiny_dataset: tuple[Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+    notch: Notch, tiny_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    images, folds = tiny_dataset
+    images, folds = notch
     used: list[float] = []
     step = torch.optim.AdamW.step
 
@@ -66,11 +46,11 @@ def test_train_fold_sets_the_scheduled_lr_before_every_step(
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording)
-    params = tiny_params(schedule="cosine", warmup_epochs=1)
-    params["finetune"] = "head"  # the schedule is the same either way; head steps are cheap
-    train_fold(images, folds, 0, params)
+    # The schedule is the same whatever trains; head steps are cheap.
+    recipe = tiny_params(finetune="head", train={"schedule": "cosine", "warmup_epochs": 1}).recipe
+    train_fold(images, folds, 0, recipe)
     # 8 training images, batch 4: 2 steps per epoch, 1 epoch of warmup out of 2.
-    assert used == pytest.approx([params["lr"] * f for f in (0.01, 0.505, 1.0, 0.5)])
+    assert used == pytest.approx([recipe.lr * f for f in (0.01, 0.505, 1.0, 0.5)])
 
 
 def test_adamw_without_decay_takes_adams_steps_and_decay_shrinks_only_weights() -> None:
@@ -101,10 +81,10 @@ def test_adamw_without_decay_takes_adams_steps_and_decay_shrinks_only_weights() 
 
 
 def test_label_smoothing_smooths_the_training_loss_only(
-    tiny_dataset: tuple[Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+    notch: Notch, tiny_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With lr 0 both runs see the same weights: only the training loss's formula differs."""
-    images, folds = tiny_dataset
+    images, folds = notch
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
     cross_entropy = nn.functional.cross_entropy
 
@@ -117,9 +97,9 @@ def test_label_smoothing_smooths_the_training_loss_only(
     runs = {}
     for smoothing in (0.0, 0.2):
         captured.clear()
-        params = tiny_params(label_smoothing=smoothing) | {"epochs": 1, "batch_size": 8, "lr": 0.0}
-        runs[smoothing] = train_fold(images, folds, 0, params)[0].history[0]
-    (logits, labels), = captured  # 8 training images in one batch: one step
+        recipe = tiny_params(epochs=1, batch_size=8, train={"label_smoothing": smoothing}).recipe
+        runs[smoothing] = train_fold(images, folds, 0, dataclasses.replace(recipe, lr=0.0)).history[0]
+    ((logits, labels),) = captured  # 8 training images in one batch: one step
     log_p = logits.log_softmax(1)
     nll, uniform = -log_p.gather(1, labels[:, None]).mean().item(), -log_p.mean().item()
     assert runs[0.0]["train_loss"] == pytest.approx(nll, rel=1e-5)
@@ -142,9 +122,9 @@ def test_weight_average_moves_towards_the_weights_and_copies_buffers() -> None:
 
 
 def test_ema_weights_are_what_is_evaluated_and_kept(
-    tiny_dataset: tuple[Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+    notch: Notch, tiny_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    images, folds = tiny_dataset
+    images, folds = notch
     made: list[WeightAverage] = []
 
     class Recorded(WeightAverage):
@@ -153,9 +133,9 @@ def test_ema_weights_are_what_is_evaluated_and_kept(
             self.raw = model
             made.append(self)
 
-    monkeypatch.setattr(train, "WeightAverage", Recorded)
-    params = tiny_params(ema_decay=0.5) | {"lr": 0.01}
-    result, built, _ = train_fold(images, folds, 2, params)
+    monkeypatch.setattr(fold_module, "WeightAverage", Recorded)
+    recipe = tiny_params(lr=0.01, train={"ema_decay": 0.5}).recipe
+    result = train_fold(images, folds, 2, recipe)
     (average,) = made
     assert average.decay == 0.5
     kept, raw = average.model.state_dict(), average.raw.state_dict()
@@ -165,9 +145,13 @@ def test_ema_weights_are_what_is_evaluated_and_kept(
     assert all(torch.equal(raw[k], kept[k]) for k in raw if "running_" in k)  # BatchNorm statistics copied
     val = folds[folds["fold"] == 2]
     labels = torch.tensor(val["label"].astype(int).to_numpy())
-    _, _, probabilities = evaluate(average.model, load_images(images, list(val["file"])), labels, built.normalisation)
-    assert torch.equal(probabilities, result.probabilities)
-    _, _, raw_probabilities = evaluate(average.raw, load_images(images, list(val["file"])), labels,
-                                       built.normalisation)
-    assert not torch.equal(raw_probabilities, result.probabilities)
-    assert math.isclose(result.history[-1]["val_loss"], result.metrics["val_loss"])
+    val_images = load_images(images, list(val["file"]))
+    cpu = Runtime(torch.device("cpu"))
+
+    def probabilities_of(model: nn.Module) -> torch.Tensor:
+        logits = image_logits(model, val_images, result.built.normalisation, cpu)
+        return scores(logits[None], labels)[2]  # one view: the images as they are (no test-time augmentation)
+
+    assert torch.equal(probabilities_of(average.model), result.probabilities)
+    assert not torch.equal(probabilities_of(average.raw), result.probabilities)
+    assert math.isclose(result.history[-1]["val_loss"], fold_metrics(result, recipe)["val_loss"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.errors import DataError
-from stages.split import assign_folds, fold_table, split
+from burrscope.errors import DataError
+from burrscope.split import assign_folds, fold_table, split
 
 
 def photos(counts: dict[str, int], groups_of: int = 0) -> pd.DataFrame:

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
-from stages.models import Weights
-from stages.tracking import FoldRun, flatten, log_aggregate, log_export, tracking_uri, workspace_root
+from burrscope.models import Weights
+from burrscope.params import Params, Recipe
+from burrscope.registry import log_export
+from burrscope.tracking import (
+    PARENT_RUN_TAG,
+    FoldRun,
+    flatten,
+    log_aggregate,
+    pipeline_key,
+    run_params,
+    tracking_uri,
+    workspace_root,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = Weights("test weights", "ab" * 32, None)
+FOLDS = 2
 
 
 @pytest.fixture
@@ -24,8 +36,14 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+@pytest.fixture
+def recipe(tiny_params: Callable[..., Params]) -> Recipe:
+    return tiny_params().recipe
+
+
+def parent_of(run: FoldRun) -> str:
+    """The parent run a fold's run was filed under."""
+    return run.connection.client.get_run(run.run_id).data.tags[PARENT_RUN_TAG]
 
 
 def test_workspace_root_escapes_dvc_temp_experiment_copies(tmp_path: Path) -> None:
@@ -48,84 +66,123 @@ def test_flatten_names_nested_keys_with_dots() -> None:
     assert flatten({"lr": 0.1, "train": {"augment": {"flip": True}}}) == {"lr": "0.1", "train.augment.flip": "True"}
 
 
-def test_folds_share_one_parent_which_aggregate_completes(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_params_are_the_recipe_and_the_number_of_folds(recipe: Recipe) -> None:
+    params = run_params(recipe, FOLDS)
+    assert params == {**flatten(recipe.as_params()), "split.folds": "2"}
+    assert params["lr"] == str(recipe.lr) and params["train.augment.flip"] == str(recipe.augment.flip)
+
+
+def test_the_pipeline_key_changes_with_the_recipe_the_folds_and_the_experiment_name(
+    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folds_csv = workspace / "folds.csv"
+    key = pipeline_key(recipe, folds_csv)
+    assert pipeline_key(dataclasses.replace(recipe), folds_csv) == key
+    assert pipeline_key(dataclasses.replace(recipe, lr=recipe.lr * 2), folds_csv) != key
+    (workspace / "other.csv").write_text("file,label,fold\na.png,0,1\nb.png,1,0\n")
+    assert pipeline_key(recipe, workspace / "other.csv") != key
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-2")
+    assert pipeline_key(recipe, folds_csv) != key
+
+
+def test_folds_share_one_parent_which_aggregate_completes(
+    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
     # A stale MLFLOW_RUN_ID must not hijack the runs (mlflow#15713).
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")
     folds_csv = workspace / "folds.csv"
-    run_ids = []
+    runs = []
     for fold in (0, 1):
-        with FoldRun(params(), folds_csv, fold) as run:
+        with FoldRun(recipe, FOLDS, folds_csv, fold) as run:
             run.log_epoch(1, {"train_loss": 0.5, "val_loss": 0.6})
             run.log_epoch(2, {"train_loss": 0.4, "val_loss": 0.5})
             (workspace / f"history_{fold}.csv").write_text("epoch\n1\n")
             assert run.finish(WEIGHTS, [workspace / f"history_{fold}.csv"]) == "ok"
-        run_ids.append(run.run_id)
-    assert run.parent_id is not None
-    parent = log_aggregate(params(), folds_csv, {"cv_accuracy_mean": 0.9}, [])
-    assert parent == run.parent_id
+        runs.append(run)
+    assert parent_of(runs[0]) == parent_of(runs[1])
+    parent, status = log_aggregate(recipe, folds_csv, {"cv_accuracy_mean": 0.9}, [])
+    assert (parent, status) == (parent_of(runs[0]), "ok")
 
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     parent_run = client.get_run(parent)
     assert parent_run.info.run_name == "lr-sweep-1"
     assert parent_run.info.status == "FINISHED"
     assert parent_run.data.metrics == {"cv_accuracy_mean": 0.9}
-    assert parent_run.data.params["lr"] == str(params()["lr"])
-    for fold, run_id in enumerate(run_ids):
-        child = client.get_run(run_id)
+    assert parent_run.data.params == run_params(recipe, FOLDS)
+    for fold, run in enumerate(runs):
+        child = client.get_run(run.run_id)
         assert child.info.run_name == f"fold-{fold}"
-        assert child.data.tags["mlflow.parentRunId"] == parent
+        assert child.data.tags[PARENT_RUN_TAG] == parent
         assert child.data.tags["weights.sha256"] == WEIGHTS.sha256
-        assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2]
-        assert [a.path for a in client.list_artifacts(run_id)] == [f"history_{fold}.csv"]
+        assert child.data.params == {**run_params(recipe, FOLDS), "fold": str(fold)}
+        assert [m.step for m in client.get_metric_history(run.run_id, "val_loss")] == [1, 2]
+        assert [a.path for a in client.list_artifacts(run.run_id)] == [f"history_{fold}.csv"]
     experiment = client.get_experiment(parent_run.info.experiment_id)
     assert experiment.artifact_location == (workspace / "mlartifacts").as_uri()
 
 
-def test_a_new_pipeline_run_gets_a_new_parent(workspace: Path) -> None:
+def test_a_new_pipeline_run_gets_a_new_parent(workspace: Path, recipe: Recipe) -> None:
     folds_csv = workspace / "folds.csv"
-    with FoldRun(params(), folds_csv, 0) as first:
+    with FoldRun(recipe, FOLDS, folds_csv, 0) as first:
         first.finish(WEIGHTS, [])
-    log_aggregate(params(), folds_csv, {}, [])
-    changed = params() | {"lr": 0.123}
-    with FoldRun(changed, folds_csv, 0) as second:
+    log_aggregate(recipe, folds_csv, {}, [])
+    changed = dataclasses.replace(recipe, lr=0.123)
+    with FoldRun(changed, FOLDS, folds_csv, 0) as second:
         second.finish(WEIGHTS, [])
-    assert second.parent_id != first.parent_id
+    assert parent_of(second) != parent_of(first)
 
 
-def test_a_failing_fold_is_marked_failed(workspace: Path) -> None:
-    with pytest.raises(RuntimeError), FoldRun(params(), workspace / "folds.csv", 0) as run:
+def test_a_failing_fold_is_marked_failed(workspace: Path, recipe: Recipe) -> None:
+    with pytest.raises(RuntimeError), FoldRun(recipe, FOLDS, workspace / "folds.csv", 0) as run:
         raise RuntimeError("out of memory")
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     assert client.get_run(run.run_id).info.status == "FAILED"
 
 
-def test_aggregate_without_trained_folds_logs_nothing(workspace: Path) -> None:
-    assert log_aggregate(params(), workspace / "folds.csv", {"x": 1.0}, []) is None
+def test_aggregate_without_trained_folds_logs_nothing(workspace: Path, recipe: Recipe) -> None:
+    assert log_aggregate(recipe, workspace / "folds.csv", {"x": 1.0}, []) == (None, "ok")
 
 
-def test_the_final_model_joins_the_closed_parent_but_a_rerun_fold_gets_a_new_one(workspace: Path) -> None:
+def test_aggregate_with_an_unreachable_store_reports_the_failure_without_raising(
+    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    parent, status = log_aggregate(recipe, workspace / "folds.csv", {"x": 1.0}, [])
+    assert parent is None
+    assert status.startswith("failed: logging the cross-validated summary: MLflow tracking at http://127.0.0.1:9 is")
+    assert status.endswith("fix MLFLOW_TRACKING_URI (or start its server), or unset it to track into sqlite:///"
+                           f"{workspace / 'mlflow.db'}.")  # fmt: skip
+    assert capsys.readouterr().err.count("warning: MLflow failed") == 1
+
+
+def test_the_final_model_joins_the_closed_parent_but_a_rerun_fold_gets_a_new_one(
+    workspace: Path, recipe: Recipe
+) -> None:
     folds_csv = workspace / "folds.csv"
-    with FoldRun(params(), folds_csv, 0) as fold:
+    with FoldRun(recipe, FOLDS, folds_csv, 0) as fold:
         fold.finish(WEIGHTS, [])
-    log_aggregate(params(), folds_csv, {}, [])
-    with FoldRun(params(), folds_csv, "final") as final:
+    log_aggregate(recipe, folds_csv, {}, [])
+    with FoldRun(recipe, FOLDS, folds_csv, "final") as final:
         final.finish(WEIGHTS, [])
-    assert final.parent_id == fold.parent_id
+    assert parent_of(final) == parent_of(fold)
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     run = client.get_run(final.run_id)
     assert (run.info.run_name, run.data.tags["fold"], run.data.params["fold"]) == ("final", "final", "final")
-    assert client.get_run(fold.parent_id).info.status == "FINISHED"  # joined, not reopened
-    with FoldRun(params(), folds_csv, "0") as rerun:  # a fold number as text is still a fold
+    assert client.get_run(parent_of(fold)).info.status == "FINISHED"  # joined, not reopened
+    with FoldRun(recipe, FOLDS, folds_csv, "0") as rerun:  # a fold number as text is still a fold
         rerun.finish(WEIGHTS, [])
-    assert rerun.parent_id != fold.parent_id
+    assert parent_of(rerun) != parent_of(fold)
     assert client.get_run(rerun.run_id).info.run_name == "fold-0"
 
 
-def test_export_to_an_unreachable_store_is_a_recorded_failure(workspace: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_to_an_unreachable_store_is_a_recorded_failure(
+    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
-    outcome = log_export(params(), workspace / "folds.csv", {}, {})
-    assert outcome["status"].startswith("failed: MLflow tracking at http://127.0.0.1:9 is unreachable")
+    outcome = log_export(recipe, FOLDS, workspace / "folds.csv", "burrscope-test", {}, {})
+    when = "failed: logging and registering the model: "
+    assert outcome["status"].startswith(f"{when}MLflow tracking at http://127.0.0.1:9 is unreachable")
     assert "fix MLFLOW_TRACKING_URI" in outcome["status"] and "run_id" not in outcome
+    assert outcome["registered_model"] == "burrscope-test"
     assert "warning: MLflow failed" in capsys.readouterr().err

@@ -7,11 +7,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.errors import DataError
+from burrscope.errors import DataError
 
-METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc")
-CALIBRATION_COLUMNS = ["bin_lower", "bin_upper", "mean_predicted", "fraction_positive", "count"]
+# The normalise stage's manifest; a labelled `group` column follows when the labels CSV has one.
+MANIFEST_COLUMNS = [
+    "original_name", "normalised_name", "label", "sha256", "width", "height", "mode", "collision", "skipped"
+]  # fmt: skip
+# The split stage's fold assignment (then `group`, when given), and what every predictions table starts with.
+FOLD_COLUMNS = ["file", "label", "fold"]
+PREDICTION_COLUMNS = [*FOLD_COLUMNS, "predicted"]  # then prob_<class> per class (classes.prob_column)
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+HEATMAP_COLUMNS = ["file", "label", "predicted", "explained", "correct", "heatmap"]
+# Scores of a set of predictions, as metrics.json, MLflow and the report name them, with the report's headings.
+METRICS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1",
+    "roc_auc": "ROC-AUC",
+}
+THRESHOLD_COLUMNS = ["threshold", "precision", "recall", "flagged", "missed", "false_alarms"]
+CALIBRATION_COLUMNS = ["bin_lower", "bin_upper", "mean_predicted", "fraction_positive", "count"]
 RERUN = "re-run the pipeline (`dvc repro` or `snakemake`) so that every stage's output is current"
 
 

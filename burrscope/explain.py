@@ -1,0 +1,178 @@
+"""Grad-CAM heatmaps: where in the padded model input a network looks when it scores a class.
+
+Grad-CAM (Selvaraju et al., 2017) weights each channel of the last convolutional feature map by the mean
+gradient of the class score over it, keeps the positive part of the weighted sum and scales it to [0, 1].
+For two classes the positive class ("1", burr) is explained whatever was predicted, so a heatmap always
+shows where the network looks for burrs; for more classes, the predicted class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+
+from burrscope.classes import prob_column
+from burrscope.errors import UserError
+from burrscope.files import atomic_dir, atomic_path
+from burrscope.models import Normalisation, standardise
+from burrscope.naming import png_names
+
+HEATMAPS_CSV = "heatmaps.csv"
+EXPLAIN_BATCH = 16  # the backward pass keeps every activation: bound the memory per step
+COLOUR_MAP = "jet"
+MAX_ALPHA = 0.6  # weight of the colour where the heat is 1; where it is 0 the photo shows unchanged
+# Class name of the architecture -> its last feature map, for the backbones stages.models builds.
+# EfficientNet's head activation (`_swish`) is one module shared with the stem, so its hook would fire twice:
+# take the batch norm before it. A model of that class name without the attribute falls back (timm's EfficientNet).
+KNOWN_LAYERS = {"EfficientNet": "_bn1", "ResNet": "layer4", "MobileNetV2": "features"}
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The module whose output is the last convolutional feature map: known backbones by name, else the last Conv2d."""
+    attribute = KNOWN_LAYERS.get(type(model).__name__)
+    if attribute is not None and isinstance(getattr(model, attribute, None), nn.Module):
+        return getattr(model, attribute)
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a convolutional feature map.")
+    return convolutions[-1]
+
+
+def gradcam(model: nn.Module, inputs: torch.Tensor, class_indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """N x H x W maps on the CPU, each scaled to [0, 1], of standardised N x 3 x H x W `inputs`, one class per image.
+
+    The model is run in eval mode (its mode is restored after), so batch norm statistics never move; only the
+    feature map's gradient is computed, so no parameter gets a `.grad`.
+    """
+    captured: list[torch.Tensor] = []
+    handle = target_layer(model).register_forward_hook(lambda module, args, output: captured.append(output))
+    was_training = model.training
+    model.eval()
+    try:
+        # A caller inside inference_mode or no_grad still gets gradients; the fresh leaf changes nothing in the model.
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = inputs.detach().clone().requires_grad_(True)
+            logits = model(leaf)
+            targets = torch.as_tensor(class_indices, device=logits.device).view(-1, 1)
+            (gradient,) = torch.autograd.grad(logits.gather(1, targets).sum(), captured[-1])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    activation = captured[-1].detach()
+    cam = (gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(1, keepdim=True).relu()
+    cam = nn.functional.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    low, high = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
+    return ((cam - low) / (high - low).clamp_min(1e-12)).cpu()  # a flat map (no evidence anywhere) stays 0
+
+
+def ensemble_gradcam(
+    models: Sequence[nn.Module], inputs: torch.Tensor, class_indices: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """Mean of the models' Grad-CAM maps (each in [0, 1]), as predict averages the models' probabilities."""
+    return torch.stack([gradcam(model, inputs, class_indices) for model in models]).mean(0)
+
+
+def explained_classes(predicted: Sequence[str], classes: Sequence[str]) -> list[str]:
+    """The class each heatmap explains: the positive (last) one for two classes, else the predicted one."""
+    if len(classes) == 2:
+        return [classes[-1]] * len(predicted)
+    return [str(label) for label in predicted]
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> Image.Image:
+    """`heat` (H x W, in [0, 1]) in colour over `image` (uint8 H x W x 3), more opaque where it is hotter."""
+    if image.shape[:2] != heat.shape:
+        raise ValueError(f"heatmap of shape {heat.shape} does not fit an image of shape {image.shape}")
+    from matplotlib import colormaps  # only the colour table: no plotting backend is loaded
+
+    heat = np.clip(heat, 0, 1)[..., None]
+    colour = colormaps[COLOUR_MAP](heat[..., 0])[..., :3]
+    blended = image / 255 * (1 - MAX_ALPHA * heat) + colour * MAX_ALPHA * heat
+    return Image.fromarray(np.round(blended * 255).astype(np.uint8), "RGB")
+
+
+def chosen_rows(table: pd.DataFrame, correct: int, seed: int) -> list[int]:
+    """Positions of every misclassified row plus `correct` correctly classified ones drawn with `seed`, in order."""
+    right = (table["label"].astype(str) == table["predicted"].astype(str)).to_numpy()
+    drawn = np.random.default_rng(seed).choice(
+        np.flatnonzero(right), size=min(correct, int(right.sum())), replace=False
+    )
+    return sorted([*np.flatnonzero(~right).tolist(), *drawn.tolist()])
+
+
+def explain_fold(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalisation: Normalisation,
+    table: pd.DataFrame,
+    classes: list[str],
+    correct: int,
+    out_dir: Path,
+    seed: int,
+) -> pd.DataFrame:
+    """Heatmaps of a fold's held-out images: every misclassified one plus `correct` correct ones.
+
+    `images` is the fold's uint8 N x 3 x S x S tensor, `table` its predictions table (same row order).
+    Writes one overlay PNG per explained image and `heatmaps.csv` (file, label, predicted, prob_<class> for
+    every class, explained, correct, heatmap) into `out_dir`, all at once: a killed run leaves no partial folder.
+    """
+    if len(table) != len(images):
+        raise ValueError(f"predictions table has {len(table)} rows but {len(images)} images were given")
+    rows = chosen_rows(table, correct, seed)
+    chosen = table.iloc[rows].reset_index(drop=True)
+    explained = explained_classes(list(chosen["predicted"].astype(str)), classes)
+    targets = [classes.index(label) for label in explained]
+    device = next(model.parameters()).device
+    heat = [
+        gradcam(
+            model,
+            standardise(images[rows[i : i + EXPLAIN_BATCH]].to(device).float() / 255, normalisation),
+            targets[i : i + EXPLAIN_BATCH],
+        )
+        for i in range(0, len(rows), EXPLAIN_BATCH)
+    ]
+    heat_maps = torch.cat(heat).numpy() if heat else np.empty((0, *images.shape[-2:]))
+    result = chosen[["file", "label", "predicted", *map(prob_column, classes)]].copy()
+    result["explained"] = explained
+    result["correct"] = chosen["label"].astype(str) == chosen["predicted"].astype(str)
+    result["heatmap"] = png_names(list(chosen["file"]))
+    pixels = images[rows].permute(0, 2, 3, 1).cpu().numpy()
+    with atomic_dir(out_dir) as tmp:
+        for name, image, heat_map in zip(result["heatmap"], pixels, heat_maps, strict=True):
+            overlay(image, heat_map).save(tmp / name)
+        result.to_csv(tmp / HEATMAPS_CSV, index=False)
+    return result
+
+
+def overlay_writer(
+    models: Sequence[nn.Module], classes: list[str], paths: Sequence[Path]
+) -> Callable[[int, torch.Tensor, torch.Tensor, list[str]], None]:
+    """For inference.predict's `on_batch`: writes each image's overlay of the models' mean Grad-CAM (of the class
+    `explained_classes` picks) over its uint8 model input, to the path at its index in `paths`."""
+
+    def write(start: int, images: torch.Tensor, inputs: torch.Tensor, labels: list[str]) -> None:
+        targets = [classes.index(label) for label in explained_classes(labels, classes)]
+        heat = ensemble_gradcam(models, inputs, targets).numpy()
+        pixels = images.permute(0, 2, 3, 1).cpu().numpy()
+        for image, heat_map, path in zip(pixels, heat, paths[start : start + len(images)], strict=True):
+            with atomic_path(path) as tmp:
+                overlay(image, heat_map).save(tmp, format="PNG")
+
+    return write
+
+
+def explain_paths(explain_dir: Path, images: Sequence[Path]) -> list[Path]:
+    """Where predict writes each image's overlay: a distinct PNG name per input, never beside the inputs
+    (an input named like an overlay would be overwritten)."""
+    if explain_dir.resolve() in {path.resolve().parent for path in images}:
+        raise UserError(
+            f"--explain {explain_dir} is a folder of input images, whose files the heatmap PNGs could "
+            "overwrite; choose another folder (it is created if needed)."
+        )
+    return [explain_dir / name for name in png_names(images)]

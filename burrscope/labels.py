@@ -1,0 +1,138 @@
+"""The labels CSV: read as spreadsheets save it, and checked against the photos and the declared classes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from burrscope.errors import DataError
+
+# A labels-CSV "file" is a bare name in the raw folder: nothing that could reach outside it.
+PATH_LIKE = re.compile(r"[/\\]|^\.\.?$|^[A-Za-z]:")
+# Integer labels written as floats ("1.0", as pandas writes an int column holding a blank) mean the integer.
+INTEGRAL_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def read_labels(labels_csv: Path) -> pd.DataFrame:
+    """Labels table (columns file, label[, group], all str) plus `line`, its line number in the CSV."""
+    try:
+        # utf-8-sig drops the byte-order mark Excel writes; newline="" lets the CSV reader see CRLF as one break.
+        with open(labels_csv, encoding="utf-8-sig", newline="") as fh:
+            text = fh.read()
+    except FileNotFoundError as err:
+        raise DataError(f"{labels_csv}: labels file not found; check data.labels in params.yaml.") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{labels_csv}: not UTF-8 text ({err.reason}); save it as 'CSV UTF-8'.") from err
+    try:
+        # skip_blank_lines=False keeps `line` true to what a spreadsheet shows; blank rows are dropped below.
+        table = pd.read_csv(
+            io.StringIO(text), sep=_separator(text), dtype=str, keep_default_na=False, skip_blank_lines=False
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as err:
+        raise DataError(f"{labels_csv}: not a readable CSV ({err}).") from err
+    table.columns = table.columns.str.strip()
+    missing = [col for col in ("file", "label") if col not in table.columns]
+    if missing:
+        raise DataError(
+            f"{labels_csv}: missing column(s) {', '.join(missing)}; found {', '.join(table.columns)}. "
+            "The header must read file,label (and optionally group)."
+        )
+    table = table[[col for col in ("file", "label", "group") if col in table.columns]]
+    table = table.assign(line=table.index + 2)
+    table = table[(table.drop(columns="line") != "").any(axis=1)].reset_index(drop=True)
+    # Stray spaces around a label would silently create a new class; file names must match exactly.
+    for col in ("label", "group"):
+        if col in table.columns:
+            table[col] = table[col].str.strip()
+    return table.assign(label=canonical_labels(table.label))
+
+
+def _separator(text: str) -> str:
+    """ "," unless the header line has no comma but a semicolon (Excel in many locales) or a tab."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    if "," in header:
+        return ","
+    return next((sep for sep in (";", "\t") if sep in header), ",")
+
+
+def canonical_labels(labels: pd.Series) -> pd.Series:
+    """Labels as class names: "1.0" -> "1" when every non-empty label is an integer written as a float.
+
+    Labels are text: "0"/"1", "burr"/"no_burr" are class names as written. Only a column of integers that a
+    spreadsheet or pandas wrote as floats is rewritten, so "1" and "1.0" never become two classes.
+    """
+    given = labels[labels != ""]
+    if len(given) and given.str.fullmatch(INTEGRAL_FLOAT.pattern + "|[+-]?\\d+").all():
+        return labels.str.replace(INTEGRAL_FLOAT, r"\1", regex=True).map(lambda v: str(int(v)) if v else v)
+    return labels
+
+
+def label_problems(
+    labels: pd.DataFrame, image_names: Sequence[str], classes: Sequence[object] | None = None
+) -> list[str]:
+    """Every disagreement between the labels table, the image names and the declared classes, one line each."""
+    problems = [f"line {row.line}: no file name" for row in labels.itertuples() if row.file == ""]
+    problems += [
+        f"line {row.line} ({row.file}): empty label" for row in labels.itertuples() if row.file and not row.label
+    ]
+    paths = labels.file.str.contains(PATH_LIKE)
+    problems += [
+        f"line {row.line} ({row.file}): a path, not a file name; name files as they appear inside the raw "
+        "folder (data.raw_dir), without folders: nothing outside it is ever read"
+        for row in labels[paths].itertuples()
+    ]
+    given = labels[labels.label != ""]
+    fractional = given[given.label.str.fullmatch(NUMBER.pattern) & ~given.label.str.fullmatch(r"[+-]?\d+")]
+    if len(fractional) and given.label.str.fullmatch(NUMBER.pattern).all():
+        problems += [
+            f"line {row.line} ({row.file}): label {row.label} is not a class; use whole numbers (0, 1) or names"
+            for row in fractional.itertuples()
+        ]
+    if classes is not None:
+        allowed = [str(label) for label in classes]
+        problems += [
+            f"line {row.line} ({row.file}): label {row.label!r} is not one of data.classes {allowed}; fix the "
+            "label or add it to data.classes in params.yaml"
+            for row in given.itertuples()
+            if row.label not in allowed
+        ]
+    named = labels[(labels.file != "") & ~paths]
+    for file, rows in named.groupby("file", sort=True):
+        if len(rows) > 1:
+            problems.append(f"{file}: listed {len(rows)} times, lines {', '.join(map(str, rows.line))}; keep one")
+    if "group" in labels.columns and (labels.group != "").any():
+        problems += [
+            f"line {row.line} ({row.file}): empty group; fill in every group (a photo on its own can use "
+            "its file name) or drop the column"
+            for row in labels.itertuples()
+            if not row.group
+        ]
+    images = set(image_names)
+    unmatched = named[~named.file.isin(images)]
+    # A near miss (case, stray spaces, decomposed accents, another extension) is the usual cause: point at
+    # the row to fix.
+    near = {_loose(row.file): row.line for row in unmatched.itertuples()}
+    near_stem = {_loose(Path(row.file).stem): row for row in unmatched.itertuples()}
+    listed = set(named.file)
+    for name in image_names:
+        if name not in listed:
+            hint = ""
+            if _loose(name) in near:
+                hint = f" (line {near[_loose(name)]} differs only in case/spaces/accents)"
+            elif _loose(Path(name).stem) in near_stem:
+                row = near_stem[_loose(Path(name).stem)]
+                hint = f" (line {row.line} names {row.file}: the extension must match the file's)"
+            problems.append(f"{name}: image has no labels row{hint}")
+    problems += [f"line {row.line} ({row.file}): no such image" for row in unmatched.itertuples()]
+    return problems
+
+
+def _loose(name: str) -> str:
+    return unicodedata.normalize("NFC", name).strip().casefold()

@@ -1,0 +1,110 @@
+"""The normalise stage's work: every raw photo decoded once, joined to its label, copied under a clean name."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from burrscope.errors import DataError
+from burrscope.files import atomic_dir, sha256_file, write_text_atomic
+from burrscope.folders import list_images, parallel_map
+from burrscope.images import BadImage, inspect_image
+from burrscope.labels import label_problems, read_labels
+from burrscope.naming import assign_names
+
+BAD_IMAGE_FIX = "re-export it or remove it (and its labels row), or set data.on_bad_image: skip in params.yaml"
+
+
+def _sha256_or_blank(path: Path) -> str:
+    """sha256 of a file; "" for a skipped file that cannot even be read."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
+
+
+def _examine(path: Path) -> tuple[tuple[int, int, str] | BadImage, str]:
+    """One image's share of the manifest: inspect_image's result (or the BadImage it raised) and the sha256."""
+    try:
+        header: tuple[int, int, str] | BadImage = inspect_image(path)
+    except BadImage as err:
+        header = err
+    return header, _sha256_or_blank(path)
+
+
+def build_manifest(
+    raw_dir: Path,
+    labels_csv: Path,
+    on_bad_image: str = "error",
+    classes: Sequence[object] | None = None,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """One row per raw image (MANIFEST_COLUMNS, then group if labelled): kept images sorted by
+    normalised_name, then skipped ones by original_name.
+
+    on_bad_image="error" raises DataError listing every unusable image; "skip" keeps their rows with the
+    reason in `skipped` and no normalised name (nothing is copied for them). Labels problems (including
+    labels outside `classes`, when given) always raise DataError listing every problem. Images are decoded
+    and hashed on every core (workers as in burrscope.folders.parallel_map); the result does not depend on it.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
+    paths = list_images(raw_dir)
+    labels = read_labels(labels_csv)
+    problems = label_problems(labels, [path.name for path in paths], classes)
+    examined = dict(zip([path.name for path in paths], parallel_map(_examine, paths, workers), strict=True))
+    bad = {name: str(header) for name, (header, _) in examined.items() if isinstance(header, BadImage)}
+    if on_bad_image == "error":
+        problems += [f"{name}: {reason}; {BAD_IMAGE_FIX}" for name, reason in bad.items()]
+    if problems:
+        raise DataError(
+            f"{labels_csv} and {raw_dir} need fixing ({len(problems)} problem(s)):\n"
+            + "\n".join(f"  {problem}" for problem in problems)
+        )
+    kept = [path for path in paths if path.name not in bad]
+    if not kept:
+        raise DataError(f"{raw_dir}: all {len(paths)} images are unusable (skipped); fix or replace them.")
+    by_file = labels.set_index("file")
+    names = dict(zip([path.name for path in kept], assign_names([path.name for path in kept]), strict=True))
+    rows = []
+    for path in paths:
+        normalised, collision = names.get(path.name, ("", ""))
+        header, sha256 = examined[path.name]
+        width, height, mode = ("", "", "") if path.name in bad else header
+        row = {
+            "original_name": path.name,
+            "normalised_name": normalised,
+            "label": by_file.at[path.name, "label"],
+            "sha256": sha256,
+            "width": width,
+            "height": height,
+            "mode": mode,
+            "collision": collision,
+            "skipped": bad.get(path.name, ""),
+        }
+        if "group" in by_file.columns:
+            row["group"] = by_file.at[path.name, "group"]
+        rows.append(row)
+    manifest = pd.DataFrame(rows).assign(_skip=lambda t: t.skipped != "")
+    return manifest.sort_values(["_skip", "normalised_name", "original_name"], ignore_index=True).drop(columns="_skip")
+
+
+def normalise_folder(
+    raw_dir: Path,
+    labels_csv: Path,
+    out_dir: Path,
+    manifest_csv: Path,
+    on_bad_image: str = "error",
+    classes: Sequence[object] | None = None,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Copy each usable raw image byte-for-byte to out_dir/<normalised_name>, then write the manifest."""
+    manifest = build_manifest(raw_dir, labels_csv, on_bad_image, classes, workers)
+    with atomic_dir(out_dir) as tmp:
+        for row in manifest[manifest.skipped == ""].itertuples():
+            shutil.copyfile(Path(raw_dir) / row.original_name, tmp / row.normalised_name)
+    write_text_atomic(manifest_csv, manifest.to_csv(index=False, lineterminator="\n"))
+    return manifest

@@ -1,0 +1,103 @@
+"""Registering an export in MLflow: the pyfunc model with the code it runs, under the pipeline run's parent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from burrscope.codegraph import code_files
+from burrscope.export import SUMMARY
+from burrscope.files import write_text_atomic
+from burrscope.params import Params, Recipe
+from burrscope.serving import mlflow_model
+from burrscope.tracking import (
+    PARENT_RUN_TAG,
+    Recorder,
+    connect,
+    env_defaults,
+    pipeline_key,
+    run_params,
+    shown_uri,
+    tracking_uri,
+    workspace_root,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVING_MODULE = "burrscope.serving"
+EXPORT_RUN = "export"
+
+
+def ship_code(dest: Path) -> Path:
+    """A copy of the modules this one runs (codegraph), as a `burrscope` package in `dest`: the model's code."""
+    for name in code_files(PROJECT_ROOT, SERVING_MODULE):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_ROOT / name, target)
+    (dest / "burrscope" / "__init__.py").touch()
+    return dest / "burrscope"
+
+
+def log_export(
+    recipe: Recipe,
+    folds: int,
+    folds_csv: Path,
+    registered_model: str,
+    model: Mapping[str, Any],
+    tags: Mapping[str, str],
+) -> dict[str, Any]:
+    """Log a pyfunc model in an `export` child run of this pipeline run's parent and register it.
+
+    `model` holds mlflow.pyfunc.log_model's arguments but its name and registry name. The parent is the latest
+    with the pipeline key, closed or not, and is not reopened; without one the run stands alone. Never raises:
+    the outcome, `status` "ok" or "failed: ...", is returned for export.json.
+    """
+    import mlflow
+    import mlflow.pyfunc  # only the export pays for the pyfunc machinery
+
+    outcome: dict[str, Any] = {
+        "tracking_uri": shown_uri(tracking_uri(workspace_root())),
+        "registered_model": registered_model,
+    }
+    recorder = Recorder("The exported files are written; they are not registered")
+
+    def log() -> None:
+        connection = connect(recipe.experiment)
+        parent_id = connection.find_parent(pipeline_key(recipe, folds_csv), running_only=False)
+        run_tags = {**tags, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
+        run_id = connection.client.create_run(connection.experiment_id, run_name=EXPORT_RUN, tags=run_tags).info.run_id
+        outcome.update(run_id=run_id, parent_run_id=parent_id)
+        connection.log_params(run_id, run_params(recipe, folds))
+        # log_model only logs into the fluent active run, found through the fluent tracking URI.
+        with env_defaults({"MLFLOW_TRACKING_URI": connection.uri}), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_model, **model)
+        outcome.update(
+            model_uri=info.model_uri,
+            version=info.registered_model_version,
+            registered_model_uri=f"models:/{registered_model}/{info.registered_model_version}",
+        )
+
+    recorder.attempt("logging and registering the model", log)
+    outcome["status"] = recorder.status
+    return outcome
+
+
+def register(
+    summary: dict[str, Any], out_dir: Path, images: torch.Tensor, params: Params, folds_csv: Path
+) -> dict[str, Any]:
+    """Log the written export as an MLflow model under the pipeline run's parent, register it, and record the
+    outcome in export.json; the summary as written. MLflow failures are recorded there, never raised."""
+    tags = {"export." + name: info["sha256"] for name, info in summary["files"].items()}
+    with tempfile.TemporaryDirectory() as code:
+        model = mlflow_model(summary, out_dir, images, ship_code(Path(code)))
+        outcome = log_export(params.recipe, params.folds, folds_csv, params.mlflow.registered_model, model, tags)
+    # export.json is committed: name the default store relative to the workspace, not by this machine's path.
+    outcome["tracking_uri"] = outcome["tracking_uri"].replace(f"sqlite:///{workspace_root()}/", "sqlite:///")
+    summary = {**summary, "mlflow": outcome}
+    write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,146 @@
+"""The report's pictures as PNG data URIs: the matplotlib figures, and thumbnails of image files.
+
+Every PNG is byte-for-byte reproducible: figures are saved without the "Software" chunk (it names the matplotlib
+version), thumbnails are re-encoded from pixels alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from burrscope.errors import DataError
+from burrscope.tables import RERUN
+
+THUMB_PX = 160
+DPI = 110  # modest: a sharp figure on screen, a report of a few MB at most
+CURVE_COLUMNS = 5  # folds per row of the training-curves figure
+# parse_math off: a class label or name containing "$" is printed as is, not as TeX.
+PLOT_STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
+TRAIN_COLOUR, VAL_COLOUR, GREY = "#1f77b4", "#e8710a", "#9aa5b1"
+
+
+def png_uri(png: bytes) -> str:
+    """A data URI, so the page needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def figure_uri(fig: Figure) -> str:
+    """The figure as a PNG data URI; no "Software" chunk, so reruns match."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return png_uri(buffer.getvalue())
+
+
+def thumbnail_uri(path: Path) -> str:
+    """The image at `path`, as RGB and at most THUMB_PX a side, as a PNG data URI; DataError if unreadable."""
+    try:
+        with Image.open(path) as image:
+            thumb = image.convert("RGB")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read this image ({err}); {RERUN}.") from None
+    thumb.thumbnail((THUMB_PX, THUMB_PX))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG", optimize=True)
+    return png_uri(buffer.getvalue())
+
+
+def confusion_figure(predictions: pd.DataFrame, classes: list[str]) -> Figure:
+    # Rows actual, columns predicted, every class present even if never predicted: no sklearn import for one count.
+    table = pd.crosstab(predictions["label"], predictions["predicted"])
+    counts = table.reindex(index=classes, columns=classes, fill_value=0).to_numpy()
+    side = 2.4 + 0.45 * len(classes)
+    fig = Figure(figsize=(side + 0.4, side), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues", vmin=0)
+    ticks = range(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes)
+    ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (pooled)")
+    ax.spines[:].set_visible(False)
+    for (row, col), count in np.ndenumerate(counts):
+        colour = "white" if count > counts.max() / 2 else "#1f2933"
+        ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=11)
+    return fig
+
+
+def roc_figure(roc: pd.DataFrame, auc: float, positive: str) -> Figure:
+    fig = Figure(figsize=(3.7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY)
+    ax.plot(roc["fpr"], roc["tpr"], lw=2, color=TRAIN_COLOUR)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title(f"ROC of class {positive!r} (pooled), AUC {auc:.3f}")
+    return fig
+
+
+def calibration_figure(calibration: pd.DataFrame, summary: dict[str, float], label: str) -> Figure:
+    """Reliability diagram: observed frequency against mean predicted probability per bin, sized by count."""
+    fig = Figure(figsize=(3.7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY)
+    ax.plot(calibration["mean_predicted"], calibration["fraction_positive"], color=TRAIN_COLOUR, lw=1.5)
+    sizes = 18 + 180 * calibration["count"] / max(1, calibration["count"].max())
+    ax.scatter(calibration["mean_predicted"], calibration["fraction_positive"], s=sizes, color=TRAIN_COLOUR, zorder=3)
+    ax.set(
+        xlim=(0, 1), ylim=(-0.02, 1.02), aspect="equal", xlabel=f"mean predicted {label}", ylabel="observed frequency"
+    )
+    ax.set_title(f"Calibration (pooled), ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}")
+    return fig
+
+
+def curves_figure(histories: list[pd.DataFrame], kept: list[int]) -> Figure:
+    """Small multiples: per fold, loss above accuracy, train and validation, the kept epoch dotted."""
+    columns = min(len(histories), CURVE_COLUMNS)
+    blocks = math.ceil(len(histories) / columns)
+    fig = Figure(figsize=(2.25 * columns + 0.4, 3.9 * blocks + 0.3), layout="constrained")
+    axes = fig.subplots(2 * blocks, columns, squeeze=False)
+    losses = np.concatenate([history[["train_loss", "val_loss"]].to_numpy().ravel() for history in histories])
+    finite = losses[np.isfinite(losses)]
+    # One loss scale for all folds, so they compare at a glance (None: matplotlib picks, e.g. all NaN).
+    loss_top = 1.05 * finite.max() if finite.size else None
+    for fold in range(len(histories), blocks * columns):  # empty slots of the last row
+        block, column = divmod(fold, columns)
+        axes[2 * block, column].set_visible(False)
+        axes[2 * block + 1, column].set_visible(False)
+    for fold, history in enumerate(histories):
+        block, column = divmod(fold, columns)
+        for row, (metric, top) in enumerate((("loss", loss_top), ("accuracy", 1.02))):
+            ax = axes[2 * block + row, column]
+            ax.plot(history["epoch"], history[f"train_{metric}"], color=TRAIN_COLOUR, label="train")
+            ax.plot(history["epoch"], history[f"val_{metric}"], color=VAL_COLOUR, label="validation")
+            ax.axvline(kept[fold], color=GREY, ls=":", lw=1.2, label="epoch kept")
+            ax.set_ylim(0, top)
+            ax.set_ylabel(metric if column == 0 else "")
+        axes[2 * block, column].set_title(f"fold {fold}")
+        axes[2 * block + 1, column].set_xlabel("epoch")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncols=3, frameon=False)
+    return fig
+
+
+def figure_uris(
+    predictions: pd.DataFrame,
+    classes: list[str],
+    overall: dict[str, float],
+    roc: pd.DataFrame | None,
+    calibration: pd.DataFrame,
+    calibration_summary: dict[str, float],
+    histories: list[pd.DataFrame],
+    kept: list[int],
+) -> dict[str, str | None]:
+    """Data URIs of the figures: confusion, roc (None unless `roc` is given: two classes), calibration, curves."""
+    probability = f"P({classes[-1]})" if len(classes) == 2 else "top-class probability"
+    with matplotlib.rc_context(PLOT_STYLE):
+        return {
+            "confusion": figure_uri(confusion_figure(predictions, classes)),
+            "roc": None if roc is None else figure_uri(roc_figure(roc, overall["roc_auc"], classes[-1])),
+            "calibration": figure_uri(calibration_figure(calibration, calibration_summary, probability)),
+            "curves": figure_uri(curves_figure(histories, kept)),
+        }

@@ -1,0 +1,213 @@
+"""The report's sections as plain data for the template: strings, lists and dicts, never HTML.
+
+Every value ends up in the page through the template's autoescaping, so labels and file names may hold any
+character. Numbers are formatted here, once, so the template only places text.
+
+A table is a dict: `head`, the column headings, and `rows`, each a dict of `cells` (strings) and `style`: "" or
+one of the template's row classes ("marked", "total", "total first").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from burrscope.classes import class_order, prob_column
+from burrscope.errors import DataError
+from burrscope.report.figures import thumbnail_uri
+from burrscope.tables import METRICS, RERUN
+
+Table = dict[str, Any]
+Card = dict[str, Any]
+
+
+class ParamsDumper(yaml.SafeDumper):
+    """YAML laid out like params.yaml: mappings as blocks, lists inline ("background: [0, 0, 0]")."""
+
+
+ParamsDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
+
+
+def num(value: float | None) -> str:
+    """Three decimals; a metric that is undefined (missing, or NaN in a table) shows as a dash."""
+    return "—" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def table(
+    head: Sequence[object], rows: Sequence[Sequence[object]], totals: int = 0, marked: Collection[int] = ()
+) -> Table:
+    """A table of text cells; the last `totals` rows are summary rows, the rows at `marked` stand out."""
+    first = len(rows) - totals
+
+    def style(i: int) -> str:
+        if i >= first:
+            return "total first" if i == first else "total"
+        return "marked" if i in marked else ""
+
+    return {
+        "head": [str(cell) for cell in head],
+        "rows": [{"cells": [str(cell) for cell in row], "style": style(i)} for i, row in enumerate(rows)],
+    }
+
+
+def headline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], model: str) -> dict[str, Any]:
+    """The pooled scores (roc_auc None if not scored), the data, the model and the exact weights it started from."""
+    overall = summary["overall"]
+    weights = sorted({(run["weights"]["name"], run["weights"]["sha256"]) for run in runs}, key=str)
+    return {
+        "accuracy": num(overall["accuracy"]),
+        "balanced_accuracy": num(overall["balanced_accuracy"]),
+        "roc_auc": num(overall["roc_auc"]) if "roc_auc" in overall else None,
+        "n_images": summary["n_images"],
+        "folds": len(runs),
+        "model": model,
+        "weights": [name + (f", sha256 {sha[:12]}" if sha else "") for name, sha in weights],
+    }
+
+
+def tiles(summary: Mapping[str, Any], folds: int) -> list[dict[str, str]]:
+    """The headline numbers, each a `label` and a `value`."""
+    overall = summary["overall"]
+    shown = [(METRICS[metric], num(overall.get(metric))) for metric in ("accuracy", "balanced_accuracy")]
+    shown += [("ROC-AUC", num(overall["roc_auc"]))] if "roc_auc" in overall else []
+    shown += [("Images", summary["n_images"]), ("Folds", folds)]
+    return [{"label": label, "value": str(value)} for label, value in shown]
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """params.yaml as this run read it, in its own layout and order."""
+    return yaml.dump(dict(params), Dumper=ParamsDumper, sort_keys=False, allow_unicode=True)
+
+
+def data_tables(manifest: pd.DataFrame) -> list[Table]:
+    """Class counts, and the facts about the raw photos that explain surprises later (kept images only)."""
+    counts = manifest["label"].value_counts()
+    classes = [[label, counts[label], f"{counts[label] / len(manifest):.0%}"] for label in class_order(counts.index)]
+    stems = manifest["normalised_name"].map(lambda name: Path(name).stem)
+    # `collision` names the contested stem for every member of a group; all but one got a suffix.
+    renamed = int(((manifest["collision"] != "") & (stems != manifest["collision"])).sum())
+    modes = manifest["mode"].value_counts()
+    facts = [
+        ["Images", len(manifest)],
+        ["Width (px)", f"{manifest['width'].min()} to {manifest['width'].max()}"],
+        ["Height (px)", f"{manifest['height'].min()} to {manifest['height'].max()}"],
+        ["Colour modes", ", ".join(f"{mode} {modes[mode]}" for mode in sorted(modes.index))],
+        ["Renamed because names collided", renamed],
+        ["Non-ASCII original names", sum(not name.isascii() for name in manifest["original_name"])],
+    ]
+    if "group" in manifest.columns and (manifest["group"] != "").any():
+        facts.append(["Groups (kept within one fold)", manifest.loc[manifest["group"] != "", "group"].nunique()])
+    return [table(["Class", "Images", "Share"], classes), table(["Raw photos", ""], facts)]
+
+
+def skipped_table(skipped: pd.DataFrame) -> Table | None:
+    """The images the normalise stage left out (data.on_bad_image: skip), with the reason; None if none."""
+    if skipped.empty:
+        return None
+    rows = [[row.original_name, row.label, row.skipped] for row in skipped.itertuples()]
+    return table(["Original name", "Label", "Reason"], rows)
+
+
+def folds_table(summary: Mapping[str, Any], metrics: Sequence[str]) -> Table:
+    """Per fold, then mean ± sample std over folds, then the pooled scores."""
+    rows: list[list[object]] = [
+        [name.removeprefix("fold_"), fold["n_images"], *(num(fold.get(metric)) for metric in metrics)]
+        for name, fold in summary["per_fold"].items()
+    ]
+    spread = [
+        num(summary["mean"].get(metric)) + (f" ± {summary['std'][metric]:.3f}" if metric in summary["std"] else "")
+        for metric in metrics
+    ]
+    rows.append(["mean ± std", "", *spread])
+    rows.append(["pooled", summary["n_images"], *(num(summary["overall"].get(metric)) for metric in metrics)])
+    return table(["Fold", "Images", *(METRICS[metric] for metric in metrics)], rows, totals=2)
+
+
+def training(runs: Sequence[Mapping[str, Any]], keep: str) -> dict[str, str]:
+    """Where and how long the folds trained, and which epoch each kept."""
+    return {
+        "devices": ", ".join(sorted({str(run["device"]) for run in runs})),
+        "minutes": f"{sum(run['seconds'] for run in runs) / 60:.1f}",
+        "keep": keep,
+    }
+
+
+def threshold_table(thresholds: pd.DataFrame, chosen: float, positive: str) -> Table:
+    """Precision and recall of the positive class at each threshold, the row of `chosen` marked."""
+    rows = [
+        [
+            f"{row.threshold:g}",
+            num(row.precision),
+            num(row.recall),
+            f"{row.flagged:.0%}",
+            int(row.missed),
+            int(row.false_alarms),
+        ]
+        for row in thresholds.itertuples()
+    ]
+    marked = {i for i, value in enumerate(thresholds["threshold"]) if value == chosen}
+    return table(
+        ["Threshold", "Precision", "Recall", "Flagged", f"Missed {positive}", "False alarms"], rows, marked=marked
+    )
+
+
+def mistake_cards(
+    predictions: pd.DataFrame, classes: list[str], images_dir: Path, originals: Mapping[str, str], manifest_csv: Path
+) -> list[Card]:
+    """A card per misclassified image, least confident in the true class first.
+
+    Each: image (data URI), file, original, fold, label, predicted, p_true, and p_other, the probability of
+    `other`: the positive class (two classes) or the predicted one.
+    """
+    wrong = predictions[predictions["label"] != predictions["predicted"]].copy()
+    wrong["p_true"] = [row[prob_column(row["label"])] for _, row in wrong.iterrows()]
+    cards = []
+    for _, row in wrong.sort_values(["p_true", "file"]).iterrows():
+        if row["file"] not in originals:
+            raise DataError(f"{manifest_csv} has no entry for {row['file']!r}, which was predicted; {RERUN}.")
+        other = classes[-1] if len(classes) == 2 else row["predicted"]
+        cards.append(
+            {
+                "image": thumbnail_uri(images_dir / row["file"]),
+                "file": row["file"],
+                "original": originals[row["file"]],
+                "fold": str(row["fold"]),
+                "label": row["label"],
+                "predicted": row["predicted"],
+                "p_true": f"{row['p_true']:.3f}",
+                "other": other,
+                "p_other": f"{row[prob_column(other)]:.3f}",
+            }
+        )
+    return cards
+
+
+def heatmap_cards(explained: pd.DataFrame, images_dir: Path, originals: Mapping[str, str]) -> list[Card]:
+    """A card per explained image, mistakes first, then by fold and file.
+
+    `explained` is the explain stage's heatmaps.csv rows of every fold, with `fold`, `path` (of the overlay),
+    `is_correct` and `p_explained` added. Each card: image and heatmap (data URIs), file, original, fold, label,
+    predicted, correct (bool), explained (the class whose heat is shown) and p_explained.
+    """
+    return [
+        {
+            "image": thumbnail_uri(images_dir / row.file),
+            "heatmap": thumbnail_uri(row.path),
+            "file": row.file,
+            "original": originals.get(row.file, row.file),
+            "fold": str(row.fold),
+            "label": row.label,
+            "predicted": row.predicted,
+            "correct": bool(row.is_correct),
+            "explained": row.explained,
+            "p_explained": f"{float(row.p_explained):.3f}",
+        }
+        for row in explained.sort_values(["is_correct", "fold", "file"]).itertuples()
+    ]

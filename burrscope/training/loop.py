@@ -1,0 +1,154 @@
+"""One epoch of optimiser steps, and one validation pass: the loop every fine-tuning strategy shares.
+
+As in timm, `train_one_epoch` and `validate` know nothing of how a strategy turns batch indices into logits
+(whole images through the whole network, or cached features through the layers left to train).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from burrscope.device import Runtime
+from burrscope.models import Normalisation
+
+EVAL_BATCH = 128
+WARMUP_START = 0.01  # warmup starts at lr / 100
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
+    """The multiple of `lr` for optimiser step `step` (from 0) of `steps`: linear warmup, then constant or cosine."""
+    if step < warmup_steps:
+        return WARMUP_START + (1 - WARMUP_START) * step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+
+def make_optimiser(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases and norm scales are not decayed (as timm does).
+
+    With weight_decay 0, AdamW takes exactly Adam's steps. `fused` (CUDA) updates every parameter in a few kernel
+    launches instead of several per tensor: at small batches the launches, not the arithmetic, take the time.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        fused=fused or None,
+    )
+
+
+class WeightAverage:
+    """An exponential moving average of the trainable weights, updated after every step.
+
+    Buffers (BatchNorm running statistics) are copied rather than averaged: they already are running averages.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.pairs = [
+            (mine, theirs)
+            for mine, theirs in zip(self.model.parameters(), model.parameters(), strict=True)
+            if theirs.requires_grad
+        ]
+        self.buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for mine, theirs in self.pairs:
+            mine.lerp_(theirs, 1 - self.decay)
+        for mine, theirs in self.buffers:
+            mine.copy_(theirs)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and class probabilities of V x N x C logits: V views of each of N images.
+
+    One view: cross-entropy of the logits. Several (test-time augmentation): the probabilities are the mean
+    softmax over the views, and the loss is their negative log-likelihood. Never label-smoothed, so the loss
+    compares across recipes.
+    """
+    logits = logits.float()
+    if len(logits) == 1:
+        loss = nn.functional.cross_entropy(logits[0], labels).item()
+        probabilities = logits[0].softmax(1)
+    else:
+        probabilities = logits.softmax(2).mean(0)
+        loss = nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item()
+    accuracy = (probabilities.argmax(1) == labels).float().mean().item()
+    return loss, accuracy, probabilities.cpu()
+
+
+@torch.inference_mode()
+def image_logits(
+    model: nn.Module, images: torch.Tensor, normalisation: Normalisation, runtime: Runtime
+) -> torch.Tensor:
+    """Logits of uint8 images, in large batches with no autograd bookkeeping."""
+    model.eval()
+    with runtime.autocast():
+        return torch.cat(
+            [
+                model(runtime.inputs(runtime.unit(images[i : i + EVAL_BATCH]), normalisation))
+                for i in range(0, len(images), EVAL_BATCH)
+            ]
+        )
+
+
+@dataclass
+class Steps:
+    """What every optimiser step needs besides the batch: the optimiser, its schedule and the weight average."""
+
+    optimiser: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr: float
+    total: int  # optimiser steps in the whole run
+    warmup: int
+    schedule: str
+    label_smoothing: float
+    average: WeightAverage | None
+
+
+def train_one_epoch(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    first_step: int,
+    steps: Steps,
+    runtime: Runtime,
+) -> dict[str, float]:
+    """Optimiser steps over `order` (indices of training examples) in batches; mean loss and accuracy.
+
+    `logits_of(idx)` runs the model on the examples `idx`, augmentation included. Loss and accuracy are summed
+    on the device and read once at the end: reading a value every step would stall a GPU.
+    """
+    device = runtime.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for step, start in enumerate(range(0, len(order), batch_size), start=first_step):
+        idx = order[start : start + batch_size]
+        batch_labels = labels[idx].to(device, non_blocking=True)
+        for group in steps.optimiser.param_groups:
+            group["lr"] = steps.lr * lr_factor(step, steps.total, steps.warmup, steps.schedule)
+        with runtime.autocast():
+            logits = logits_of(idx)
+        loss = nn.functional.cross_entropy(logits.float(), batch_labels, label_smoothing=steps.label_smoothing)
+        steps.optimiser.zero_grad(set_to_none=True)
+        steps.scaler.scale(loss).backward()
+        steps.scaler.step(steps.optimiser)
+        steps.scaler.update()
+        if steps.average is not None:
+            steps.average.update()
+        loss_sum += loss.detach().double() * len(idx)
+        correct += (logits.argmax(1) == batch_labels).sum()
+    return {"train_loss": loss_sum.item() / len(order), "train_accuracy": correct.item() / len(order)}

@@ -1,0 +1,98 @@
+"""`finetune: probe`: a logistic regression on the frozen backbone's pooled features, the floor every recipe must beat.
+
+Each training image contributes its pooled features under every flip/turn the augmentation allows, and the
+regularisation strength C is chosen by an inner cross-validation on the training folds alone, split by image
+(all views of one image fall on one side), scored by log loss. The fitted regression becomes the network's
+classifier layer, so model.pt, predict and export are those of any other fold. lr, epochs and the optimiser
+settings do not apply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.model_selection import StratifiedGroupKFold
+from torch import nn
+
+from burrscope.device import Runtime
+from burrscope.models import Built
+from burrscope.params import Recipe
+from burrscope.training.data import FoldData
+from burrscope.training.strategies import PooledFeatures, batched
+from burrscope.views import tta_views, views
+
+CS = np.logspace(-4, 2, 13)  # candidate inverse regularisation strengths
+INNER_FOLDS = 5
+MAX_ITER = 2000
+
+
+def inner_splits(labels: np.ndarray, variants: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified splits of the rows of `variants` views of each of N images (rows view-major, image-minor),
+    by image: every view of an image falls on the same side. `labels` holds one label per image."""
+    folds = min(INNER_FOLDS, int(np.bincount(labels).min()))
+    if folds < 2:
+        raise ValueError("the probe's inner cross-validation needs at least 2 training images of each class")
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    groups = np.tile(np.arange(len(labels)), variants)
+    return list(splitter.split(groups, np.tile(labels, variants), groups))
+
+
+def fit_probe(
+    features: np.ndarray, labels: np.ndarray, classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(weight C x F, bias C, chosen C) of a logistic regression on V x N x F features of N training images.
+
+    The weights act on raw features: the standardisation the regression was fitted on is folded into them.
+    """
+    variants, n, width = features.shape
+    rows = features.reshape(variants * n, width).astype(np.float64)
+    mean, std = rows.mean(0), rows.std(0) + 1e-6
+    model = LogisticRegressionCV(
+        Cs=CS, cv=inner_splits(labels, variants, seed), scoring="neg_log_loss", max_iter=MAX_ITER
+    )
+    model.fit((rows - mean) / std, np.tile(labels, variants))
+    coef, intercept = model.coef_ / std, model.intercept_ - (model.coef_ / std) @ mean
+    if classes == 2:  # sklearn gives one logit z for the positive class: softmax([0, z]) is its sigmoid
+        coef, intercept = np.vstack([np.zeros(width), coef]), np.concatenate([[0.0], intercept])
+    return coef, intercept, float(model.C_[0])
+
+
+class LinearProbe:
+    """The classifier layer fitted in closed form on cached pooled features; the backbone never changes."""
+
+    def __init__(self, built: Built, data: FoldData, recipe: Recipe, runtime: Runtime) -> None:
+        self.model, self.head = built.model, built.model.get_submodule(built.head)
+        self.data, self.seed = data, recipe.seed
+        pooled = PooledFeatures(built.model, built.head).eval()
+        self.train_features = batched(
+            pooled, data.train_x, built.normalisation, views(recipe.augment.flip, recipe.augment.rot90), runtime
+        )
+        self.val_features = (
+            None
+            if data.val_x is None
+            else batched(pooled, data.val_x, built.normalisation, tta_views(recipe.tta), runtime)
+        )
+
+    def fit(self) -> dict[str, float]:
+        """Fit the classifier layer; the training loss and accuracy of the fitted layer over all views."""
+        if not isinstance(self.head, nn.Linear):
+            raise ValueError(f"finetune: probe needs a linear classifier layer, not {type(self.head).__name__}")
+        labels = self.data.train_y.cpu()
+        weight, bias, self.chosen_c = fit_probe(
+            self.train_features.float().cpu().numpy(), labels.numpy(), self.head.out_features, self.seed
+        )
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(weight, dtype=self.head.weight.dtype))
+            self.head.bias.copy_(torch.as_tensor(bias, dtype=self.head.bias.dtype))
+            logits = self.head(self.train_features.to(self.head.weight.dtype)).cpu()
+        targets = labels.repeat(len(logits))
+        flat = logits.flatten(0, 1).float()
+        return {
+            "train_loss": nn.functional.cross_entropy(flat, targets).item(),
+            "train_accuracy": (flat.argmax(1) == targets).float().mean().item(),
+        }
+
+    @torch.inference_mode()
+    def validation_logits(self, average: nn.Module | None) -> torch.Tensor:
+        return self.head(self.val_features.to(self.head.weight.dtype))

@@ -1,0 +1,169 @@
+"""How a fold's network meets its examples: which layers train, and how batch indices become logits.
+
+`full` runs augmented images through the whole network. `partial` freezes the trunk (stem and early blocks,
+batch-norm statistics included), runs it once per image and flip/turn variant, and trains the last blocks and
+the head on the feature maps it cached: in eval mode that is exactly the whole network, at a fraction of the
+cost per epoch. `head` does the same with the classifier alone, on pooled features. Brightness/contrast
+jitter cannot reach cached features, so it applies to `full` only.
+
+Every strategy's `validation_logits` gives V x N x C logits of the held-out images, one slice per view
+(train.tta: the 8 flips and quarter turns; else the image as it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from burrscope.blocks import split
+from burrscope.device import Runtime
+from burrscope.models import Built, Normalisation
+from burrscope.params import Recipe
+from burrscope.training.augment import augment
+from burrscope.training.data import FoldData
+from burrscope.training.loop import EVAL_BATCH, image_logits
+from burrscope.views import View, apply_view, tta_views, views
+
+
+class FullFineTune:
+    """Every layer trains, on augmented images."""
+
+    def __init__(self, built: Built, data: FoldData, recipe: Recipe, runtime: Runtime) -> None:
+        self.model, self.normalisation = built.model, built.normalisation
+        self.data, self.recipe, self.runtime = data, recipe, runtime
+        self.runner = torch.compile(self.model) if recipe.compile else self.model
+        self.val_views = tta_views(recipe.tta)
+
+    def start_epoch(self, generator: torch.Generator) -> None:
+        self.model.train()
+
+    def train_logits(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = augment(self.runtime.unit(self.data.train_x[idx]), generator, self.recipe.augment)
+        return self.runner(self.runtime.inputs(images, self.normalisation))
+
+    def validation_logits(self, average: nn.Module | None) -> torch.Tensor:
+        model = self.runner if average is None else average
+        return torch.stack(
+            [
+                image_logits(model, apply_view(self.data.val_x, view), self.normalisation, self.runtime)
+                for view in self.val_views
+            ]
+        )
+
+
+@torch.inference_mode()
+def batched(
+    run: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: list[View], runtime: Runtime
+) -> torch.Tensor:
+    """V x N x ...: `run` on the model inputs of uint8 `images` under each variant, in large batches."""
+    with runtime.autocast():
+        return torch.stack(
+            [
+                torch.cat(
+                    [
+                        run(runtime.inputs(apply_view(runtime.unit(images[i : i + EVAL_BATCH]), view), normalisation))
+                        for i in range(0, len(images), EVAL_BATCH)
+                    ]
+                )
+                for view in variants
+            ]
+        )
+
+
+class _CachedFeatures:
+    """Shared by `partial` and `head`: a frozen part runs once per image and view; `tail` trains on its output.
+
+    Each epoch draws one view per training image, uniformly, as random flips and turns would.
+    """
+
+    def __init__(
+        self,
+        frozen: nn.Module,
+        tail_of: Callable[[nn.Module], nn.Module],
+        built: Built,
+        data: FoldData,
+        recipe: Recipe,
+        runtime: Runtime,
+    ) -> None:
+        # tail_of(model): the trainable part of `model`, or of its weight average, sharing that model's parameters.
+        self.model, self.frozen, self.tail, self.tail_of = built.model, frozen, tail_of(built.model), tail_of
+        self.model.requires_grad_(False)
+        self.tail.requires_grad_(True)
+        frozen.eval()
+        self.variants = views(recipe.augment.flip, recipe.augment.rot90)
+        self.train_features = batched(frozen, data.train_x, built.normalisation, self.variants, runtime)
+        self.val_features = (
+            None
+            if data.val_x is None
+            else batched(frozen, data.val_x, built.normalisation, tta_views(recipe.tta), runtime)
+        )
+        self.store = data.train_x.device
+        self.variant = torch.empty(0, dtype=torch.int64)
+
+    def start_epoch(self, generator: torch.Generator) -> None:
+        self.frozen.eval()  # its batch-norm statistics stay those its cached features were computed with
+        self.tail.train()
+        self.variant = torch.randint(0, len(self.variants), (self.train_features.shape[1],), generator=generator).to(
+            self.store
+        )
+
+    def train_logits(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.tail(self.train_features[self.variant[idx], idx])
+
+    @torch.inference_mode()
+    def validation_logits(self, average: nn.Module | None) -> torch.Tensor:
+        tail = self.tail if average is None else self.tail_of(average)
+        tail.eval()
+        return torch.stack(
+            [
+                torch.cat([tail(features[i : i + EVAL_BATCH]) for i in range(0, len(features), EVAL_BATCH)])
+                for features in self.val_features
+            ]
+        )
+
+
+class PartialFineTune(_CachedFeatures):
+    """The last `train.trainable_blocks` blocks and the head train, on the frozen trunk's cached feature maps."""
+
+    def __init__(self, built: Built, data: FoldData, recipe: Recipe, runtime: Runtime) -> None:
+        trunk, _ = split(built.model, recipe.trainable_blocks)
+        super().__init__(trunk, lambda model: split(model, recipe.trainable_blocks)[1], built, data, recipe, runtime)
+
+
+class PooledFeatures(nn.Module):
+    """The backbone up to the classifier `head`'s input (pooled features), as one module."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        hook = self.model.get_submodule(self.head).register_forward_pre_hook(
+            lambda _, args: captured.append(args[0].float())
+        )
+        try:
+            self.model(x)
+        finally:
+            hook.remove()
+        return captured[0]
+
+
+class HeadOnly(_CachedFeatures):
+    """Only the classifier trains, on the frozen backbone's cached pooled features of every variant."""
+
+    def __init__(self, built: Built, data: FoldData, recipe: Recipe, runtime: Runtime) -> None:
+        super().__init__(
+            PooledFeatures(built.model, built.head),
+            lambda model: model.get_submodule(built.head),
+            built,
+            data,
+            recipe,
+            runtime,
+        )
+
+
+Strategy = FullFineTune | PartialFineTune | HeadOnly
+STRATEGIES: dict[str, type[Strategy]] = {"full": FullFineTune, "partial": PartialFineTune, "head": HeadOnly}

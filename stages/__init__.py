@@ -1,1 +1,0 @@
-"""Burrscope pipeline stages: each module runs as `python -m stages.<name>`."""
