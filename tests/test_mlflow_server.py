@@ -1,0 +1,207 @@
+"""Tracking into an MLflow server on PostgreSQL (scripts/mlflow_server.sh), as a team or a cluster would.
+
+Five folds log at once (`snakemake --cores 4` on a tiny 5-fold copy, then the export stage registers the model),
+and everything the folds wrote to disk is found in the server: params, every epoch's metrics, the artifacts, served
+through the server itself (mlflow-artifacts:). Then the server is stopped while a fold trains, and a fold is started
+while it is down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from scale_out import REPO, free_port, make_project, run, service, user_env
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+FOLDS, EPOCHS = 5, 2
+FOLD_ARTIFACTS = {"model.pt", "history.csv", "predictions.csv"}  # what the train stage logs, from its outputs
+PARENT_TAG, KEY_TAG = "mlflow.parentRunId", "burrscope_pipeline_key"
+TRAIN = ["python", "-m", "stages.train", "data/processed/images", "data/processed/folds.csv"]
+INTERRUPTED_EPOCHS = 30  # long enough to stop the server after the second epoch, with many still to come
+
+
+@dataclass
+class Server:
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        run(["bash", str(REPO / "scripts/mlflow_server.sh"), "stop", str(self.port)], REPO, user_env(REPO))
+
+
+@dataclass
+class Tracked:
+    root: Path
+    server: Server
+    experiment: str
+    registered_model: str
+    env: dict[str, str]
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.server.uri)
+
+    def runs(self) -> list[Run]:
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        assert experiment is not None, f"no experiment {self.experiment} in the server"
+        return self.client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    port = free_port()
+    with service("mlflow_server.sh", str(port), env=user_env(REPO)):
+        yield Server(port)
+
+
+@pytest.fixture(scope="module")
+def tracked(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Tracked:
+    # Names of their own, so that runs left in the server's database by earlier test runs never count.
+    tag = uuid.uuid4().hex[:8]
+    experiment, registered_model = f"burrscope-test-{tag}", f"burrscope-test-{tag}"
+    mlflow = {"experiment": experiment, "registered_model": registered_model}
+    # Two epochs, so that each fold's metric history has more than one point to lose.
+    root = make_project(tmp_path_factory.mktemp("mlflow_server"), folds=FOLDS, epochs=EPOCHS, mlflow=mlflow)
+    env = user_env(root, MLFLOW_TRACKING_URI=server.uri)
+    started = time.monotonic()
+    run(["snakemake", "--cores", "4", "results/export/export.json"], root, env, timeout=1200)
+    print(f"5 folds and the export against the server: {time.monotonic() - started:.0f} s")
+    return Tracked(root, server, experiment, registered_model, env)
+
+
+def test_five_folds_logging_at_once_lose_nothing(tracked: Tracked, tmp_path: Path) -> None:
+    runs = tracked.runs()
+    parents = [r for r in runs if KEY_TAG in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    folds = {r.data.tags["fold"]: r for r in children if "fold" in r.data.tags}
+    assert sorted(folds) == [str(k) for k in range(FOLDS)]
+    assert len(runs) == 1 + FOLDS + 1 and len(children) == FOLDS + 1  # the parent, the folds, the export
+    for fold, child in folds.items():
+        out = tracked.root / f"results/train/fold_{fold}"
+        assert json.loads((out / "metrics.json").read_text())["mlflow"] == "ok", fold
+        assert child.info.status == "FINISHED" and child.info.run_name == f"fold-{fold}"
+        # Every param the parent carries, and the fold.
+        assert child.data.params == {**parent.data.params, "fold": fold}
+        assert {"lr", "epochs", "model", "split.folds"} <= set(child.data.params)
+        history = pd.read_csv(out / "history.csv")
+        assert list(history["epoch"]) == list(range(1, EPOCHS + 1))
+        for name in history.columns.drop("epoch"):
+            logged = sorted((m.step, m.value) for m in tracked.client.get_metric_history(child.info.run_id, name))
+            assert logged == list(zip(history["epoch"], history[name], strict=True)), (fold, name)
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:/")
+        assert {a.path for a in tracked.client.list_artifacts(child.info.run_id)} == FOLD_ARTIFACTS
+        download = tmp_path / f"fold_{fold}"
+        download.mkdir()
+        for name in FOLD_ARTIFACTS:
+            local = Path(tracked.client.download_artifacts(child.info.run_id, name, str(download)))
+            assert sha256(local) == sha256(out / name), (fold, name)
+
+
+def test_the_exported_model_is_registered_in_the_server(
+    tracked: Tracked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.artifacts
+
+    exported = json.loads((tracked.root / "results/export/export.json").read_text())["mlflow"]
+    assert exported["status"] == "ok" and exported["tracking_uri"] == tracked.server.uri
+    assert exported["registered_model_uri"] == f"models:/{tracked.registered_model}/1"
+    versions = tracked.client.search_model_versions(f"name = '{tracked.registered_model}'")
+    assert [(v.version, v.run_id) for v in versions] == [("1", exported["run_id"])]
+    # The registered model's files come back through the server, the TorchScript twin byte for byte.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked.server.uri)  # models:/ URIs resolve through the registry
+    model = Path(mlflow.artifacts.download_artifacts(exported["registered_model_uri"], dst_path=str(tmp_path)))
+    assert (model / "MLmodel").is_file()
+    assert sha256(model / "artifacts/model.ts") == sha256(tracked.root / "results/export/model.ts")
+
+
+@dataclass
+class Interrupted:
+    result: subprocess.CompletedProcess[str]
+    out: Path
+    epochs_logged: int
+
+
+def fold_run(tracked: Tracked, fold: str, epochs: str) -> Run | None:
+    """The running child run of `fold` in the pipeline run trained for `epochs` epochs, if it has started."""
+    for candidate in tracked.runs():
+        if candidate.data.tags.get("fold") == fold and candidate.data.params.get("epochs") == epochs:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def interrupted(tracked: Tracked) -> Interrupted:
+    """Fold 0 trained again for more epochs, with the server stopped (by its script) once it has logged two."""
+    epochs = INTERRUPTED_EPOCHS
+    params = yaml.safe_load((tracked.root / "params.yaml").read_text())
+    params["epochs"] = epochs
+    (tracked.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tracked.root / "results/interrupted/fold_0"
+    with (tracked.root / "interrupted.log").open("w+") as log:
+        # One thread, as Snakemake would give a fold here: two spinning OpenMP threads on a busy machine crawl.
+        env = {**tracked.env, "OMP_NUM_THREADS": "1"}
+        process = subprocess.Popen([*TRAIN, "0", str(out)], cwd=tracked.root, env=env, stdout=log, stderr=log)
+        logged = 0
+        deadline = time.monotonic() + 300
+        while logged < 2:
+            assert process.poll() is None, "the fold ended before the server could be stopped"
+            assert time.monotonic() < deadline, "the fold logged no two epochs within 300 s"
+            time.sleep(0.5)
+            found = fold_run(tracked, "0", str(epochs))
+            if found is not None:
+                logged = len(tracked.client.get_metric_history(found.info.run_id, "val_loss"))
+        tracked.server.stop()
+        process.wait(timeout=600)
+        log.seek(0)
+        output = log.read()
+    return Interrupted(subprocess.CompletedProcess(process.args, process.returncode, output, ""), out, logged)
+
+
+def test_stopping_the_server_mid_run_keeps_the_folds_outputs_and_says_so(interrupted: Interrupted) -> None:
+    result = interrupted.result
+    assert result.returncode == 0, result.stdout
+    for name in ("model.pt", "history.csv", "predictions.csv"):
+        assert (interrupted.out / name).is_file(), name
+    assert len(pd.read_csv(interrupted.out / "history.csv")) == INTERRUPTED_EPOCHS  # training went on to the end
+    status = json.loads((interrupted.out / "metrics.json").read_text())["mlflow"]
+    # Epochs went to the server until it stopped; the first one after that is the recorded failure.
+    failed_at = re.match(r"failed: logging epoch (\d+): ", status)
+    assert failed_at and int(failed_at[1]) > interrupted.epochs_logged >= 2, status
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: MLflow failed")]
+    assert len(warnings) == 1, result.stdout
+    assert "the fold's outputs are still written" in warnings[0]
+
+
+def test_an_unreachable_server_stops_a_fold_before_training(interrupted: Interrupted, tracked: Tracked) -> None:
+    out = tracked.root / "results/unreachable/fold_1"
+    started = time.monotonic()
+    result = run([*TRAIN, "1", str(out)], tracked.root, {**tracked.env, "OMP_NUM_THREADS": "1"}, check=False)
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: MLflow tracking at {tracked.server.uri} is unreachable"), lines[0]
+    assert not out.exists() or not any(out.iterdir())
+    assert time.monotonic() - started < 120
