@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import re
 import unicodedata
@@ -18,6 +19,8 @@ PATH_LIKE = re.compile(r"[/\\]|^\.\.?$|^[A-Za-z]:")
 # Integer labels written as floats ("1.0", as pandas writes an int column holding a blank) mean the integer.
 INTEGRAL_FLOAT = re.compile(r"^([+-]?\d+)\.0*$")
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# Header names read as each column, in any case; exports name the file column all of these ways.
+COLUMN_NAMES = {"file": ("file", "filename", "file_name", "image", "path"), "label": ("label",), "group": ("group",)}
 
 
 def read_labels(labels_csv: Path) -> pd.DataFrame:
@@ -37,21 +40,58 @@ def read_labels(labels_csv: Path) -> pd.DataFrame:
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as err:
         raise DataError(f"{labels_csv}: not a readable CSV ({err}).") from err
-    table.columns = table.columns.str.strip()
-    missing = [col for col in ("file", "label") if col not in table.columns]
-    if missing:
-        raise DataError(
-            f"{labels_csv}: missing column(s) {', '.join(missing)}; found {', '.join(table.columns)}. "
-            "The header must read file,label (and optionally group)."
-        )
-    table = table[[col for col in ("file", "label", "group") if col in table.columns]]
+    table = table.rename(columns=_column_names(list(table.columns), labels_csv))
+    table = table[[col for col in COLUMN_NAMES if col in table.columns]]
     table = table.assign(line=table.index + 2)
     table = table[(table.drop(columns="line") != "").any(axis=1)].reset_index(drop=True)
-    # Stray spaces around a label would silently create a new class; file names must match exactly.
-    for col in ("label", "group"):
+    # Spaces around a value are a spreadsheet's doing: around a label they would silently make a new class.
+    for col in COLUMN_NAMES:
         if col in table.columns:
             table[col] = table[col].str.strip()
     return table.assign(label=canonical_labels(table.label))
+
+
+def _column_names(header: list[str], labels_csv: Path) -> dict[str, str]:
+    """{header name: file | label | group} for the columns the header names in any case; raises if one is
+    missing or named twice (`file` and `filename`, say)."""
+    renames, problems = {}, []
+    for column, names in COLUMN_NAMES.items():
+        found = [name for name in header if name.strip().casefold() in names]
+        if len(found) > 1:
+            problems.append(f"columns {', '.join(found)} all name the {column}: keep one")
+        elif found:
+            renames[found[0]] = column
+        elif column != "group":
+            problems.append(f"no {column} column ({' or '.join(names)}, in any case)")
+    if problems:
+        raise DataError(
+            f"{labels_csv}: {'; '.join(problems)}; found {', '.join(header)}. The header must read "
+            "file,label (and optionally group)."
+        )
+    return renames
+
+
+def match_names(labels: pd.DataFrame, image_names: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows whose file differs from exactly one unlisted image only in case, surrounding spaces or accent
+    encoding, taken as naming that image; and a note for each, to warn about. Anything else is left for
+    label_problems to report."""
+    images = set(image_names)
+    by_loose: dict[str, list[str]] = {}
+    for name in image_names:
+        by_loose.setdefault(_loose(name), []).append(name)
+    listed = set(labels.file)
+    files, notes = [], []
+    for row in labels.itertuples():
+        candidates = [] if row.file in images else by_loose.get(_loose(row.file), [])
+        if len(candidates) == 1 and candidates[0] not in listed:
+            files.append(candidates[0])
+            notes.append(
+                f"line {row.line}: {row.file!r} taken as the image {candidates[0]!r} (they differ only in "
+                "case, spaces or accents); correct the labels CSV to silence this"
+            )
+        else:
+            files.append(row.file)
+    return labels.assign(file=files), notes
 
 
 def _separator(text: str) -> str:
@@ -130,7 +170,12 @@ def label_problems(
                 row = near_stem[_loose(Path(name).stem)]
                 hint = f" (line {row.line} names {row.file}: the extension must match the file's)"
             problems.append(f"{name}: image has no labels row{hint}")
-    problems += [f"line {row.line} ({row.file}): no such image" for row in unmatched.itertuples()]
+    unlisted = sorted(images - listed)
+    for row in unmatched.itertuples():
+        guess = difflib.get_close_matches(row.file, unlisted, n=1, cutoff=0.6)
+        problems.append(
+            f"line {row.line} ({row.file}): no such image" + (f"; did you mean {guess[0]!r}?" if guess else "")
+        )
     return problems
 
 

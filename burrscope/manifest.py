@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +13,13 @@ from burrscope.errors import DataError
 from burrscope.files import atomic_dir, sha256_file, write_text_atomic
 from burrscope.folders import list_images, parallel_map
 from burrscope.images import BadImage, inspect_image
-from burrscope.labels import label_problems, read_labels
+from burrscope.labels import label_problems, match_names, read_labels
 from burrscope.naming import assign_names
+
+
+def print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
 
 BAD_IMAGE_FIX = "re-export it or remove it (and its labels row), or set data.on_bad_image: skip in params.yaml"
 
@@ -41,9 +47,13 @@ def build_manifest(
     on_bad_image: str = "error",
     classes: Sequence[object] | None = None,
     workers: int | None = None,
+    warn: Callable[[str], None] = print_warning,
 ) -> pd.DataFrame:
     """One row per raw image (MANIFEST_COLUMNS, then group if labelled): kept images sorted by
     normalised_name, then skipped ones by original_name.
+
+    A labels row naming an image with other case or spacing is matched to it (labels.match_names), with a
+    `warn`ing.
 
     on_bad_image="error" raises DataError listing every unusable image; "skip" keeps their rows with the
     reason in `skipped` and no normalised name (nothing is copied for them). Labels problems (including
@@ -53,7 +63,9 @@ def build_manifest(
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
     paths = list_images(raw_dir)
-    labels = read_labels(labels_csv)
+    labels, notes = match_names(read_labels(labels_csv), [path.name for path in paths])
+    for note in notes:
+        warn(f"{labels_csv}: {note}")
     problems = label_problems(labels, [path.name for path in paths], classes)
     examined = dict(zip([path.name for path in paths], parallel_map(_examine, paths, workers), strict=True))
     bad = {name: str(header) for name, (header, _) in examined.items() if isinstance(header, BadImage)}

@@ -148,9 +148,9 @@ def test_every_labels_problem_is_listed(raw: Path, tmp_path: Path) -> None:
     assert "line 3 (a.png): empty label" in message
     assert "a.jpg: listed 3 times, lines 4, 5, 8; keep one" in message
     assert "line 6 (gone.png): no such image" in message
-    assert "IMG_3 (2).PNG: image has no labels row (line 2 differs only in case/spaces/accents)" in message
     assert "零件 7.png: image has no labels row" in message
-    assert "line 2 (img_3 (2).png): no such image" in message
+    # A case-only mismatch is matched to its image (tests/test_labels.py), so it is no problem.
+    assert "img_3 (2).png" not in message and "IMG_3 (2).PNG" not in message
 
 
 def test_groups_all_or_none(raw: Path, tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_groups_all_or_none(raw: Path, tmp_path: Path) -> None:
 
 
 def test_labels_file_problems(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"missing column.*label.*found file, class"):
+    with pytest.raises(DataError, match=r"no label column.*found file, class"):
         read_labels(write_labels(tmp_path / "l.csv", ["a.png,1"], header="file,class"))
     (tmp_path / "gbk.csv").write_bytes("file,label\n零件.png,1\n".encode("gbk"))
     with pytest.raises(DataError, match="save it as 'CSV UTF-8'"):
