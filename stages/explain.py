@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from burrscope.classes import prob_column
+from burrscope.device import pin_cpu_numerics
 from burrscope.errors import DataError, user_errors
 from burrscope.explain import explain_fold
 from burrscope.inference import load_ensemble
@@ -25,6 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     with user_errors():
         params = load_params()
+        pin_cpu_numerics(params.recipe.cpu_threads)  # the heatmaps as reproducible as the training that they explain
         ensemble = load_ensemble([args.fold_dir / "model.pt"])
         probs = [prob_column(label) for label in ensemble.classes]
         table = read_table(args.fold_dir / "predictions.csv", [*PREDICTION_COLUMNS, *probs], numeric=["fold", *probs])

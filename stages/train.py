@@ -12,10 +12,10 @@ from pathlib import Path
 
 from burrscope.device import select_device
 from burrscope.errors import user_errors
+from burrscope.fold_run import FoldRun
 from burrscope.params import load_params
 from burrscope.tables import FOLD_COLUMNS, read_table
 from burrscope.timing import Stopwatch
-from burrscope.tracking import FoldRun
 from burrscope.training.data import FINAL
 from burrscope.training.fold import fold_metrics, train_fold, write_metrics, write_outputs
 from burrscope.training.resume import CHECKPOINT_NAME
@@ -43,7 +43,9 @@ def main() -> None:
         checkpoint = args.out_dir / CHECKPOINT_NAME
         # Opening the run checks that MLflow is reachable: an unreachable store fails here, before training.
         with stopwatch("logging"):
-            run = FoldRun(recipe, params.folds, args.folds_csv, "final" if args.fold == FINAL else args.fold)
+            fold = "final" if args.fold == FINAL else args.fold
+            # data.labels only names the dataset the MLflow runs record; folds.csv is what trains.
+            run = FoldRun(recipe, params.folds, args.folds_csv, fold, Path(params.data.labels))
         with run:
             result = train_fold(
                 args.images_dir,

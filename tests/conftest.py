@@ -22,6 +22,7 @@ from PIL import Image
 from burrscope.folders import map_folder
 from burrscope.images import RGB, composite_on_background, prepare_input
 from burrscope.params import Params, validate_params
+from burrscope.training.features import CACHE_ENV
 from stages.composite import PNG_LEVEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("cli") is None and item.get_closest_marker("e2e") is None:
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def own_feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own frozen-feature cache (burrscope/training/features.py), so none finds another's entries."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("feature-cache")))
 
 
 def merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,13 @@ def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def merged_data(**changes: object) -> dict:
+    """The repository's params with keys of its `data` section changed."""
+    params = repo_params()
+    params["data"] = params["data"] | changes
+    return params
+
+
 def test_atomic_path_replaces_target_only_on_success(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     target.write_text("old")
@@ -114,10 +121,33 @@ def test_params_sections_hold_the_values_of_params_yaml() -> None:
     assert params.raw == repo_params()
     assert (params.seed, params.img_size, params.folds) == (42, 224, 5)
     assert params.background == (0, 0, 0) and params.data.classes is None and params.data.on_bad_image == "error"
+    assert params.data.class_names == (("0", "ok"), ("1", "burr"))
     assert params.predict.final == () and params.predict.threshold == 0.5
     assert params.mlflow.registered_model == "burrscope-burr-classifier"
     assert params.explain_correct == repo_params()["train"]["explain_correct"]
     assert params.recipe.augment == Augment(flip=True, rot90=True, jitter=0.1)
+
+
+def test_class_names_name_labels_given_as_numbers_or_text_and_leave_others_as_they_are() -> None:
+    for names in ({0: "ok", 1: "burr"}, {"0": "ok", "1": "burr"}):
+        data = Params.from_mapping(validate_params(merged_data(class_names=names))).data
+        assert [data.class_name(label) for label in ("0", "1", "2")] == ["ok", "burr", "2"]
+    assert Params.from_mapping(validate_params(merged_data(class_names=None))).data.class_name("1") == "1"
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ({1: ""}, r"data.class_names.1: '' should be non-empty"),
+        ({1: 7}, r"data.class_names.1: 7 is not of type 'string'"),
+        (["ok", "burr"], r"data.class_names: \['ok', 'burr'\] is not of type 'object', 'null'"),
+        ({0: "part", 1: "part"}, r"must give each label one name and each name to one label"),
+        ({1: "burr", "1": "burr?"}, r"must give each label one name and each name to one label"),
+    ],
+)
+def test_bad_class_names_are_refused_naming_the_key(names: object, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        validate_params(merged_data(class_names=names))
 
 
 def test_the_recipe_is_every_training_key_and_round_trips_through_them() -> None:

@@ -134,7 +134,7 @@ def test_ema_weights_are_what_is_evaluated_and_kept(
             made.append(self)
 
     monkeypatch.setattr(fold_module, "WeightAverage", Recorded)
-    recipe = tiny_params(lr=0.01, train={"ema_decay": 0.5}).recipe
+    recipe = tiny_params(lr=0.01, train={"ema_decay": 0.5, "tta": False}).recipe
     result = train_fold(images, folds, 2, recipe)
     (average,) = made
     assert average.decay == 0.5

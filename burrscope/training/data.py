@@ -50,6 +50,18 @@ class FoldData:
         )
 
 
+def all_images(data: FoldData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every image of the fold table (training and held-out) in the table's order, and where the fold's training
+    and held-out images sit in it: what a cache shared by all folds is keyed and indexed by."""
+    index = torch.tensor([*data.train_rows.index, *data.val_rows.index])
+    order = torch.argsort(index)
+    combined = data.train_x if data.val_x is None else torch.cat([data.train_x, data.val_x])
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    n_train = len(data.train_rows)
+    return combined[order.to(combined.device)], rank[:n_train], rank[n_train:]
+
+
 def fold_rows(folds: pd.DataFrame, fold: int | str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training rows, held-out rows) of the fold table; FINAL trains on every row and holds none out."""
     if fold == FINAL:

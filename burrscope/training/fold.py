@@ -27,7 +27,15 @@ from burrscope.tables import FOLD_COLUMNS, HISTORY_COLUMNS
 from burrscope.timing import Stopwatch
 from burrscope.training import resume
 from burrscope.training.data import FINAL, FoldData, load_fold
-from burrscope.training.loop import Steps, WeightAverage, make_optimiser, scores, train_one_epoch
+from burrscope.training.loop import (
+    Steps,
+    WeightAverage,
+    balanced_weights,
+    held_out_scores,
+    make_optimiser,
+    scores,
+    train_one_epoch,
+)
 from burrscope.training.probe import LinearProbe
 from burrscope.training.strategies import STRATEGIES, Strategy
 
@@ -125,12 +133,18 @@ def train_fold(
 
 
 def validate(
-    setup: Setup, row: dict[str, float], average: torch.nn.Module | None, stopwatch: Stopwatch
+    setup: Setup,
+    row: dict[str, float],
+    average: torch.nn.Module | None,
+    stopwatch: Stopwatch,
+    every_view: bool = True,
 ) -> torch.Tensor:
-    """Score the held-out fold into `row` (val_loss, val_accuracy); its class probabilities."""
+    """Score the held-out fold into `row` (val_loss, val_accuracy, and for MLflow val_recall, val_f1, val_roc_auc,
+    which history.csv leaves out); its class probabilities. `every_view` False: the images as they are only."""
     with stopwatch("eval"):
-        val_loss, val_accuracy, probabilities = scores(setup.strategy.validation_logits(average), setup.data.val_y)
-    row |= {"val_loss": val_loss, "val_accuracy": val_accuracy}
+        logits = setup.strategy.validation_logits(average, every_view)
+        val_loss, val_accuracy, probabilities = scores(logits, setup.data.val_y)
+        row |= {"val_loss": val_loss, "val_accuracy": val_accuracy, **held_out_scores(probabilities, setup.data.val_y)}
     return probabilities
 
 
@@ -186,6 +200,7 @@ def run_epochs(
         recipe.warmup_epochs * steps_per_epoch,
         recipe.schedule,
         recipe.label_smoothing,
+        None if recipe.class_weights == "none" else balanced_weights(data.train_y, len(data.classes)).to(device),
         average,
     )
     kept = average.model if average is not None else model  # what is evaluated and saved
@@ -222,8 +237,8 @@ def run_epochs(
                     setup.runtime,
                 ),
             }
-        if not data.final:
-            progress.probabilities = validate(setup, row, None if average is None else kept, stopwatch)
+        if not data.final:  # each epoch's curve point on the images as they are; test-time augmentation once, below
+            progress.probabilities = validate(setup, row, None if average is None else kept, stopwatch, False)
         progress.history.append(row)
         report_epoch(data.fold, recipe.epochs, row, time.perf_counter() - started)
         if keep == "best" and (progress.best is None or row["val_loss"] < progress.best["val_loss"]):
@@ -248,7 +263,10 @@ def run_epochs(
         probabilities = progress.best["probabilities"]
     else:
         epoch_kept, state_dict, probabilities = recipe.epochs, kept.state_dict(), progress.probabilities
-    state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
+    state_dict = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+    if recipe.tta and not data.final:  # the kept weights' held-out predictions, averaged over every view
+        kept.load_state_dict(state_dict)
+        probabilities = validate(setup, {}, None if average is None else kept, stopwatch)
     return FoldResult(
         progress.history,
         probabilities,
@@ -299,15 +317,21 @@ def write_outputs(out_dir: Path, result: FoldResult, recipe: Recipe) -> list[Pat
 
 
 def fold_metrics(result: FoldResult, recipe: Recipe) -> dict[str, Any]:
-    """metrics.json's record of the fold: the kept epoch's scores, sizes, device and weights."""
-    kept_row = result.history[result.epoch_kept - 1]
+    """metrics.json's record of the fold: the scores of its held-out predictions (predictions.csv: the kept epoch,
+    averaged over every view with train.tta), sizes, device and weights."""
     weights: Weights = result.built.weights
+    probabilities, labels = result.probabilities, result.data.val_y.cpu()
+    held_out = not result.data.final
     return {
         "fold": result.data.fold,
         "keep": "last" if result.data.final else recipe.keep,
         "epoch_kept": result.epoch_kept,
-        "val_loss": kept_row.get("val_loss"),
-        "val_accuracy": kept_row.get("val_accuracy"),  # None: final model
+        "tta": recipe.tta,
+        # None: the final model has no held-out images.
+        "val_loss": torch.nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item()
+        if held_out
+        else None,
+        "val_accuracy": (probabilities.argmax(1) == labels).float().mean().item() if held_out else None,
         "n_train": len(result.data.train_rows),
         "n_val": len(result.data.val_rows),
         "device": str(result.device),

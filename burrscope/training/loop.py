@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,13 @@ class WeightAverage:
             mine.copy_(theirs)
 
 
+def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per-class loss weights n / (classes x n_c), as scikit-learn's "balanced": every class weighs the same in
+    total, however rare it is."""
+    counts = torch.bincount(labels.cpu(), minlength=classes).double()
+    return (len(labels) / (classes * counts.clamp_min(1))).float()
+
+
 def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and class probabilities of V x N x C logits: V views of each of N images.
 
@@ -87,6 +95,46 @@ def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, to
         loss = nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), labels).item()
     accuracy = (probabilities.argmax(1) == labels).float().mean().item()
     return loss, accuracy, probabilities.cpu()
+
+
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that a positive outscores a negative, ties counting half
+    (Mann-Whitney U from average ranks); NaN without both kinds."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return math.nan
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = ((ends - counts + 1 + ends) / 2)[inverse]  # tied scores share their average rank
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _mean_defined(values: list[float]) -> float:
+    """The mean of the values that are not NaN; NaN if none is."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def held_out_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """val_recall, val_f1 and (two classes) val_roc_auc of a fold's held-out probabilities, defined as
+    burrscope.metrics.score defines them for aggregate, here in numpy: importing that module would make every
+    edit of aggregate's scoring retrain the folds (it would join their DVC deps).
+
+    Labels are the argmax, as in the fold's predictions.csv. Two classes: of the positive (last) class; more:
+    macro averages over the classes with a defined value. Undefined scores (no positives) are left out.
+    """
+    truth, probs = labels.cpu().numpy(), probabilities.float().cpu().numpy()
+    predicted = probs.argmax(1)
+    recalls, f1s = [], []
+    for c in [probs.shape[1] - 1] if probs.shape[1] == 2 else range(probs.shape[1]):
+        actual, called = truth == c, predicted == c
+        hits = int((actual & called).sum())
+        recalls.append(hits / actual.sum() if actual.any() else math.nan)
+        f1s.append(2 * hits / (actual.sum() + called.sum()) if actual.any() or called.any() else math.nan)
+    values = {"val_recall": _mean_defined(recalls), "val_f1": _mean_defined(f1s)}
+    if probs.shape[1] == 2:
+        values["val_roc_auc"] = roc_auc(truth == 1, probs[:, 1])
+    return {name: value for name, value in values.items() if not math.isnan(value)}
 
 
 @torch.inference_mode()
@@ -115,6 +163,7 @@ class Steps:
     warmup: int
     schedule: str
     label_smoothing: float
+    class_weights: torch.Tensor | None  # per class, on the device: train.class_weights
     average: WeightAverage | None
 
 
@@ -142,7 +191,9 @@ def train_one_epoch(
             group["lr"] = steps.lr * lr_factor(step, steps.total, steps.warmup, steps.schedule)
         with runtime.autocast():
             logits = logits_of(idx)
-        loss = nn.functional.cross_entropy(logits.float(), batch_labels, label_smoothing=steps.label_smoothing)
+        loss = nn.functional.cross_entropy(
+            logits.float(), batch_labels, weight=steps.class_weights, label_smoothing=steps.label_smoothing
+        )
         steps.optimiser.zero_grad(set_to_none=True)
         steps.scaler.scale(loss).backward()
         steps.scaler.step(steps.optimiser)

@@ -19,7 +19,7 @@ from burrscope.device import Runtime
 from burrscope.models import Built
 from burrscope.params import Recipe
 from burrscope.training.data import FoldData
-from burrscope.training.strategies import PooledFeatures, batched
+from burrscope.training.strategies import PooledFeatures, cached_features
 from burrscope.views import tta_views, views
 
 CS = np.logspace(-4, 2, 13)  # candidate inverse regularisation strengths
@@ -39,23 +39,30 @@ def inner_splits(labels: np.ndarray, variants: int, seed: int) -> list[tuple[np.
 
 
 def fit_probe(
-    features: np.ndarray, labels: np.ndarray, classes: int, seed: int
+    features: np.ndarray, labels: np.ndarray, classes: int, seed: int, balanced: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(weight C x F, bias C, chosen C) of a logistic regression on V x N x F features of N training images.
 
     The weights act on raw features: the standardisation the regression was fitted on is folded into them.
+    `balanced` weighs each class by the inverse of its share (train.class_weights).
     """
     variants, n, width = features.shape
     rows = features.reshape(variants * n, width).astype(np.float64)
     mean, std = rows.mean(0), rows.std(0) + 1e-6
     model = LogisticRegressionCV(
-        Cs=CS, cv=inner_splits(labels, variants, seed), scoring="neg_log_loss", max_iter=MAX_ITER
+        Cs=CS,
+        cv=inner_splits(labels, variants, seed),
+        scoring="neg_log_loss",
+        max_iter=MAX_ITER,
+        class_weight="balanced" if balanced else None,
+        l1_ratios=(0.0,),  # a pure L2 penalty
+        use_legacy_attributes=False,
     )
     model.fit((rows - mean) / std, np.tile(labels, variants))
     coef, intercept = model.coef_ / std, model.intercept_ - (model.coef_ / std) @ mean
     if classes == 2:  # sklearn gives one logit z for the positive class: softmax([0, z]) is its sigmoid
         coef, intercept = np.vstack([np.zeros(width), coef]), np.concatenate([[0.0], intercept])
-    return coef, intercept, float(model.C_[0])
+    return coef, intercept, float(model.C_)
 
 
 class LinearProbe:
@@ -63,15 +70,14 @@ class LinearProbe:
 
     def __init__(self, built: Built, data: FoldData, recipe: Recipe, runtime: Runtime) -> None:
         self.model, self.head = built.model, built.model.get_submodule(built.head)
-        self.data, self.seed = data, recipe.seed
-        pooled = PooledFeatures(built.model, built.head).eval()
-        self.train_features = batched(
-            pooled, data.train_x, built.normalisation, views(recipe.augment.flip, recipe.augment.rot90), runtime
-        )
-        self.val_features = (
-            None
-            if data.val_x is None
-            else batched(pooled, data.val_x, built.normalisation, tta_views(recipe.tta), runtime)
+        self.data, self.seed, self.balanced = data, recipe.seed, recipe.class_weights == "balanced"
+        self.train_features, self.val_features = cached_features(
+            PooledFeatures(built.model, built.head),
+            built,
+            data,
+            views(recipe.augment.flip, recipe.augment.rot90),
+            tta_views(recipe.tta),
+            runtime,
         )
 
     def fit(self) -> dict[str, float]:
@@ -80,7 +86,11 @@ class LinearProbe:
             raise ValueError(f"finetune: probe needs a linear classifier layer, not {type(self.head).__name__}")
         labels = self.data.train_y.cpu()
         weight, bias, self.chosen_c = fit_probe(
-            self.train_features.float().cpu().numpy(), labels.numpy(), self.head.out_features, self.seed
+            self.train_features.float().cpu().numpy(),
+            labels.numpy(),
+            self.head.out_features,
+            self.seed,
+            self.balanced,
         )
         with torch.no_grad():
             self.head.weight.copy_(torch.as_tensor(weight, dtype=self.head.weight.dtype))
@@ -94,5 +104,6 @@ class LinearProbe:
         }
 
     @torch.inference_mode()
-    def validation_logits(self, average: nn.Module | None) -> torch.Tensor:
-        return self.head(self.val_features.to(self.head.weight.dtype))
+    def validation_logits(self, average: nn.Module | None, every_view: bool = True) -> torch.Tensor:
+        features = self.val_features if every_view else self.val_features[:1]
+        return self.head(features.to(self.head.weight.dtype))

@@ -7,7 +7,7 @@ cost per epoch. `head` does the same with the classifier alone, on pooled featur
 jitter cannot reach cached features, so it applies to `full` only.
 
 Every strategy's `validation_logits` gives V x N x C logits of the held-out images, one slice per view
-(train.tta: the 8 flips and quarter turns; else the image as it is).
+(train.tta: the 8 flips and quarter turns, the image as it is first; else that one), or of the first view only.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from torch import nn
 
 from burrscope.blocks import split
 from burrscope.device import Runtime
-from burrscope.models import Built, Normalisation
+from burrscope.models import Built
 from burrscope.params import Recipe
 from burrscope.training.augment import augment
-from burrscope.training.data import FoldData
+from burrscope.training.data import FoldData, all_images
+from burrscope.training.features import frozen_features
 from burrscope.training.loop import EVAL_BATCH, image_logits
 from burrscope.views import View, apply_view, tta_views, views
 
@@ -43,33 +44,29 @@ class FullFineTune:
         images = augment(self.runtime.unit(self.data.train_x[idx]), generator, self.recipe.augment)
         return self.runner(self.runtime.inputs(images, self.normalisation))
 
-    def validation_logits(self, average: nn.Module | None) -> torch.Tensor:
+    def validation_logits(self, average: nn.Module | None, every_view: bool = True) -> torch.Tensor:
         model = self.runner if average is None else average
         return torch.stack(
             [
                 image_logits(model, apply_view(self.data.val_x, view), self.normalisation, self.runtime)
-                for view in self.val_views
+                for view in (self.val_views if every_view else self.val_views[:1])
             ]
         )
 
 
-@torch.inference_mode()
-def batched(
-    run: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: list[View], runtime: Runtime
-) -> torch.Tensor:
-    """V x N x ...: `run` on the model inputs of uint8 `images` under each variant, in large batches."""
-    with runtime.autocast():
-        return torch.stack(
-            [
-                torch.cat(
-                    [
-                        run(runtime.inputs(apply_view(runtime.unit(images[i : i + EVAL_BATCH]), view), normalisation))
-                        for i in range(0, len(images), EVAL_BATCH)
-                    ]
-                )
-                for view in variants
-            ]
-        )
+def cached_features(
+    frozen: nn.Module, built: Built, data: FoldData, train_views: list[View], val_views: list[View], runtime: Runtime
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(V x N_train x ..., V' x N_val x ... or None): `frozen`'s outputs for the fold's training images under
+    `train_views` and its held-out images under `val_views`, from the features of every image (features.py)."""
+    variants = list(dict.fromkeys([*train_views, *val_views]))
+    images, train_at, val_at = all_images(data)
+    features = frozen_features(frozen, images, built.normalisation, variants, runtime)
+
+    def pick(wanted: list[View], at: torch.Tensor) -> torch.Tensor:
+        return features[[variants.index(view) for view in wanted]][:, at.to(features.device)]
+
+    return pick(train_views, train_at), None if data.val_x is None else pick(val_views, val_at)
 
 
 class _CachedFeatures:
@@ -91,13 +88,9 @@ class _CachedFeatures:
         self.model, self.frozen, self.tail, self.tail_of = built.model, frozen, tail_of(built.model), tail_of
         self.model.requires_grad_(False)
         self.tail.requires_grad_(True)
-        frozen.eval()
         self.variants = views(recipe.augment.flip, recipe.augment.rot90)
-        self.train_features = batched(frozen, data.train_x, built.normalisation, self.variants, runtime)
-        self.val_features = (
-            None
-            if data.val_x is None
-            else batched(frozen, data.val_x, built.normalisation, tta_views(recipe.tta), runtime)
+        self.train_features, self.val_features = cached_features(
+            frozen, built, data, self.variants, tta_views(recipe.tta), runtime
         )
         self.store = data.train_x.device
         self.variant = torch.empty(0, dtype=torch.int64)
@@ -113,13 +106,13 @@ class _CachedFeatures:
         return self.tail(self.train_features[self.variant[idx], idx])
 
     @torch.inference_mode()
-    def validation_logits(self, average: nn.Module | None) -> torch.Tensor:
+    def validation_logits(self, average: nn.Module | None, every_view: bool = True) -> torch.Tensor:
         tail = self.tail if average is None else self.tail_of(average)
         tail.eval()
         return torch.stack(
             [
                 torch.cat([tail(features[i : i + EVAL_BATCH]) for i in range(0, len(features), EVAL_BATCH)])
-                for features in self.val_features
+                for features in (self.val_features if every_view else self.val_features[:1])
             ]
         )
 
