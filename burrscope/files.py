@@ -68,3 +68,17 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# DVC runs `--temp` and `--queue` experiments in a copy under <workspace>/.dvc/tmp/exps/.
+DVC_EXP_TMP = (".dvc", "tmp", "exps")
+
+
+def workspace_root(cwd: Path | None = None) -> Path:
+    """The main DVC workspace, even from inside a temp experiment copy, so that runs share one store and cache."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - len(DVC_EXP_TMP) + 1):
+        if parts[i : i + len(DVC_EXP_TMP)] == DVC_EXP_TMP:
+            return Path(*parts[:i])
+    return cwd

@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 
+from burrscope.champion import EXPORT_RUN, PIPELINE_RUN_TAG, settle
 from burrscope.codegraph import code_files
 from burrscope.export import SUMMARY
 from burrscope.files import write_text_atomic
 from burrscope.params import Params, Recipe
+from burrscope.provenance import git_tags
 from burrscope.serving import mlflow_model
 from burrscope.tracking import (
     PARENT_RUN_TAG,
@@ -22,7 +24,6 @@ from burrscope.tracking import (
     connect,
     env_defaults,
     pipeline_key,
-    run_params,
     shown_uri,
     tracking_uri,
     workspace_root,
@@ -30,7 +31,8 @@ from burrscope.tracking import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVING_MODULE = "burrscope.serving"
-EXPORT_RUN = "export"
+SOURCE = "stages/export.py"
+PARITY_METRIC = "parity/{}"  # max abs difference from PyTorch per exported file; MLflow groups metrics by prefix/
 
 
 def ship_code(dest: Path) -> Path:
@@ -50,12 +52,17 @@ def log_export(
     registered_model: str,
     model: Mapping[str, Any],
     tags: Mapping[str, str],
+    parity: Mapping[str, float] | None = None,
+    card: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log a pyfunc model in an `export` child run of this pipeline run's parent and register it.
 
-    `model` holds mlflow.pyfunc.log_model's arguments but its name and registry name. The parent is the latest
-    with the pipeline key, closed or not, and is not reopened; without one the run stands alone. Never raises:
-    the outcome, `status` "ok" or "failed: ...", is returned for export.json.
+    `model` holds mlflow.pyfunc.log_model's arguments but its name and registry name; `parity` (file -> max abs
+    difference) becomes the run's metrics, `card` (champion.describe's facts) the version's tags, which
+    champion.settle turns into its description and alias. The run logs no params: the parent holds the recipe,
+    and MLflow logs the model's config. The parent is the latest with the pipeline key, closed or not, and is
+    not reopened; without one the run stands alone. Never raises: the outcome, `status` "ok" or "failed: ...",
+    is returned for export.json.
     """
     import mlflow
     import mlflow.pyfunc  # only the export pays for the pyfunc machinery
@@ -70,21 +77,50 @@ def log_export(
         connection = connect(recipe.experiment)
         parent_id = connection.find_parent(pipeline_key(recipe, folds_csv), running_only=False)
         run_tags = {**tags, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
-        run_id = connection.client.create_run(connection.experiment_id, run_name=EXPORT_RUN, tags=run_tags).info.run_id
+        run_id = connection.create_run(EXPORT_RUN, SOURCE, run_tags, [])
         outcome.update(run_id=run_id, parent_run_id=parent_id)
-        connection.log_params(run_id, run_params(recipe, folds))
+        if parity:
+            for name, value in parity.items():
+                connection.client.log_metric(run_id, PARITY_METRIC.format(name), float(value))
         # log_model only logs into the fluent active run, found through the fluent tracking URI.
         with env_defaults({"MLFLOW_TRACKING_URI": connection.uri}), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_model, **model)
+        version = str(info.registered_model_version)
+        commit = git_tags(str(connection.root)).get("mlflow.source.git.commit", "unknown")
+        facts = {**(card or {}), "folds": str(folds), "git_commit": commit}
+        if parent_id:  # else exported without a tracked pipeline run: no figures to describe or rank it by
+            facts[PIPELINE_RUN_TAG] = parent_id
+        for key, value in facts.items():
+            connection.client.set_model_version_tag(registered_model, version, key, value)
         outcome.update(
             model_uri=info.model_uri,
             version=info.registered_model_version,
-            registered_model_uri=f"models:/{registered_model}/{info.registered_model_version}",
+            registered_model_uri=f"models:/{registered_model}/{version}",
+            champion=settle(connection.client, registered_model, version),
         )
 
     recorder.attempt("logging and registering the model", log)
     outcome["status"] = recorder.status
     return outcome
+
+
+def model_card(summary: Mapping[str, Any], params: Params) -> dict[str, str]:
+    """What the registered version's description tells (champion.describe), from export.json and the recipe."""
+    sources = [Path(c["path"]).parent.name for c in summary["source_checkpoints"]]
+    recipe = params.recipe
+    return {
+        "classes": ", ".join(summary["classes"]),
+        "positive_class": str(summary.get("positive_class")),
+        "threshold": str(summary["threshold"]),
+        "img_size": str(summary["img_size"]),
+        "model": recipe.model,
+        "finetune": recipe.finetune,
+        "epochs": str(recipe.epochs),
+        "lr": str(recipe.lr),
+        "ensemble": "one model trained on every image"
+        if sources == ["final"]
+        else f"the mean of the {len(sources)} fold models' probabilities",
+    }
 
 
 def register(
@@ -95,7 +131,16 @@ def register(
     tags = {"export." + name: info["sha256"] for name, info in summary["files"].items()}
     with tempfile.TemporaryDirectory() as code:
         model = mlflow_model(summary, out_dir, images, ship_code(Path(code)))
-        outcome = log_export(params.recipe, params.folds, folds_csv, params.mlflow.registered_model, model, tags)
+        outcome = log_export(
+            params.recipe,
+            params.folds,
+            folds_csv,
+            params.mlflow.registered_model,
+            model,
+            tags,
+            summary["parity"]["max_abs_diff"],
+            model_card(summary, params),
+        )
     # export.json is committed: name the default store relative to the workspace, not by this machine's path.
     outcome["tracking_uri"] = outcome["tracking_uri"].replace(f"sqlite:///{workspace_root()}/", "sqlite:///")
     summary = {**summary, "mlflow": outcome}

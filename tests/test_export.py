@@ -21,10 +21,12 @@ from PIL import Image
 from burrscope import export as export_module
 from burrscope.export import ONNX, SUMMARY, TORCHSCRIPT, Probabilities, load_torchscript
 from burrscope.files import sha256_file
+from burrscope.fold_run import FoldRun
 from burrscope.inference import load_ensemble, predict, preprocess
 from burrscope.models import build_model
 from burrscope.params import Params
-from burrscope.tracking import PARENT_RUN_TAG, FoldRun, log_aggregate
+from burrscope.parent_run import log_aggregate
+from burrscope.tracking import PARENT_RUN_TAG
 from stages import export as export_stage
 
 pytestmark = pytest.mark.cli  # every test runs the export stage's main(), or reads what it wrote

@@ -6,17 +6,18 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from burrscope.fold_run import FoldRun
 from burrscope.models import Weights
 from burrscope.params import Params, Recipe
+from burrscope.parent_run import log_aggregate
 from burrscope.registry import log_export
 from burrscope.tracking import (
     PARENT_RUN_TAG,
-    FoldRun,
     flatten,
-    log_aggregate,
     pipeline_key,
     run_params,
     tracking_uri,
@@ -85,6 +86,13 @@ def test_the_pipeline_key_changes_with_the_recipe_the_folds_and_the_experiment_n
     assert pipeline_key(recipe, folds_csv) != key
 
 
+def test_the_pooled_predictions_give_the_pipeline_key_that_folds_csv_gives(workspace: Path, recipe: Recipe) -> None:
+    """The report finds the parent from aggregate's predictions.csv: the same rows, reordered, with more columns."""
+    pooled = pd.DataFrame({"file": ["b.png", "a.png"], "label": ["1", "0"], "fold": [1, 0], "predicted": ["1", "1"]})
+    assert pipeline_key(recipe, pooled) == pipeline_key(recipe, workspace / "folds.csv")
+    assert pipeline_key(recipe, pooled.assign(fold=[0, 1])) != pipeline_key(recipe, workspace / "folds.csv")
+
+
 def test_folds_share_one_parent_which_aggregate_completes(
     workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,8 +126,10 @@ def test_folds_share_one_parent_which_aggregate_completes(
         assert child.data.params == {**run_params(recipe, FOLDS), "fold": str(fold)}
         assert [m.step for m in client.get_metric_history(run.run_id, "val_loss")] == [1, 2]
         assert [a.path for a in client.list_artifacts(run.run_id)] == [f"history_{fold}.csv"]
+    # Artifacts live in mlartifacts/ at the root, named by a location that holds no folder (artifact_store.py).
     experiment = client.get_experiment(parent_run.info.experiment_id)
-    assert experiment.artifact_location == (workspace / "mlartifacts").as_uri()
+    assert experiment.artifact_location == "mlflow-artifacts:/"
+    assert (workspace / "mlartifacts" / runs[0].run_id / "artifacts" / "history_0.csv").is_file()
 
 
 def test_a_new_pipeline_run_gets_a_new_parent(workspace: Path, recipe: Recipe) -> None:

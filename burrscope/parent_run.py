@@ -1,0 +1,95 @@
+"""What the stages after training add to a pipeline run's MLflow parent: aggregate's summary (then it closes the
+parent) and the report. Both run after their outputs are written and never raise (tracking.Recorder)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlflow.entities import Metric, RunStatus
+
+from burrscope.champion import THRESHOLD_METRIC, settle_parent
+from burrscope.params import Recipe
+from burrscope.tables import FOLD_COLUMNS, read_table
+from burrscope.tracking import Recorder, connect, pipeline_key
+
+COUNTS = ("missed", "false_alarms")  # at the threshold, as aggregate names them
+
+
+def decision_metrics(aggregate_dir: Path) -> dict[str, float]:
+    """What aggregate wrote about deciding and calibration, as metrics for the parent: the threshold, the
+    pooled ECE and Brier score, and the burrs missed and false alarms at that threshold (two classes only).
+
+    The counts come from metrics.json's `errors`, or, where it has none, from thresholds.csv's row of the threshold.
+    """
+    summary = json.loads((aggregate_dir / "metrics.json").read_text())
+    found = {f"oof_{name}": float(value) for name, value in (summary.get("calibration") or {}).items()}
+    threshold = summary.get("threshold")
+    if threshold is None:  # more than two classes: no threshold, and no missed burrs or false alarms
+        return found
+    found[THRESHOLD_METRIC] = float(threshold)
+    errors = summary.get("errors")
+    if errors is None:
+        columns = ["threshold", *COUNTS]
+        table = read_table(aggregate_dir / "thresholds.csv", columns, numeric=columns)
+        chosen = table[(table["threshold"] - threshold).abs() < 1e-6]  # the table lists the chosen threshold too
+        errors = {name: chosen[name].iloc[0] for name in COUNTS} if len(chosen) else {}
+    return found | {f"oof_{name}": float(value) for name, value in errors.items() if name in COUNTS}
+
+
+def log_aggregate(
+    recipe: Recipe,
+    folds_csv: Path,
+    metrics: Mapping[str, float],
+    artifacts: list[Path],
+    aggregate_dir: Path | None = None,
+) -> tuple[str | None, str]:
+    """Log the cross-validated summary (and, from `aggregate_dir`, decision_metrics) to this pipeline run's parent,
+    close it, and settle the registered versions exported from it; (the parent's run id, status).
+
+    Never raises: aggregate's outputs are written before this is called.
+    """
+    recorder = Recorder("The aggregate outputs are written; the parent run lacks the summary")
+
+    def log() -> str | None:
+        connection = connect(recipe.experiment)
+        parent_id = connection.latest_parent(pipeline_key(recipe, folds_csv))
+        if parent_id is None:
+            return None
+        values = {**metrics, **(decision_metrics(aggregate_dir) if aggregate_dir is not None else {})}
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in sorted(values.items()) if not math.isnan(float(v))]
+        connection.client.log_batch(parent_id, metrics=batch)
+        for path in artifacts:
+            connection.client.log_artifact(parent_id, str(path))
+        connection.client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))
+        # Export may have registered this run's model before these figures existed (it does not wait for
+        # aggregate): its description and the champion alias are decided now.
+        settle_parent(connection, parent_id)
+        return parent_id
+
+    return recorder.attempt("logging the cross-validated summary", log), recorder.status
+
+
+def log_report(recipe: Recipe, predictions_csv: Path, files: list[Path]) -> tuple[str | None, str]:
+    """Log the report's `files` to this pipeline run's parent (MLflow previews HTML and PNG); (its id, status).
+
+    The parent is found from the fold assignment in aggregate's pooled predictions, which carry the same
+    (file, label, fold) rows as folds.csv. Never raises: the report is written before this is called.
+    """
+    recorder = Recorder("The report is written; the parent run lacks it")
+
+    def log() -> str | None:
+        connection = connect(recipe.experiment)
+        assignment = read_table(predictions_csv, FOLD_COLUMNS, numeric=["fold"])
+        parent_id = connection.latest_parent(pipeline_key(recipe, assignment))
+        if parent_id is None:
+            return None
+        for path in files:
+            connection.client.log_artifact(parent_id, str(path))
+        return parent_id
+
+    return recorder.attempt("logging the report", log), recorder.status
