@@ -4,6 +4,11 @@ Grad-CAM (Selvaraju et al., 2017) weights each channel of the last convolutional
 gradient of the class score over it, keeps the positive part of the weighted sum and scales it to [0, 1].
 For two classes the positive class ("1", burr) is explained whatever was predicted, so a heatmap always
 shows where the network looks for burrs; for more classes, the predicted class.
+
+Scaled to its own peak, the map of a part the model is sure has no burr (P(burr) 0.002) is as red as that of
+a burr it is sure of: the scaling hides how much evidence there was. So the overlays the explain stage writes
+show the map times the probability of the class it explains (`confidence_weighted`): where the model saw
+little of the class, the photo shows through almost unchanged.
 """
 
 from __future__ import annotations
@@ -78,6 +83,15 @@ def ensemble_gradcam(
     return torch.stack([gradcam(model, inputs, class_indices) for model in models]).mean(0)
 
 
+def confidence_weighted(heat: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """N x H x W maps (each scaled to its own peak) times the N probabilities of the classes they explain.
+
+    Multiplying keeps each map's shape and peak where they were and puts the maps on one scale, the model's own
+    confidence, so a faint map means the class was hardly seen anywhere.
+    """
+    return heat * np.asarray(probabilities, dtype=heat.dtype)[:, None, None]
+
+
 def explained_classes(predicted: Sequence[str], classes: Sequence[str]) -> list[str]:
     """The class each heatmap explains: the positive (last) one for two classes, else the predicted one."""
     if len(classes) == 2:
@@ -119,8 +133,9 @@ def explain_fold(
     """Heatmaps of a fold's held-out images: every misclassified one plus `correct` correct ones.
 
     `images` is the fold's uint8 N x 3 x S x S tensor, `table` its predictions table (same row order).
-    Writes one overlay PNG per explained image and `heatmaps.csv` (file, label, predicted, prob_<class> for
-    every class, explained, correct, heatmap) into `out_dir`, all at once: a killed run leaves no partial folder.
+    Writes one overlay PNG per explained image, its map weighted by the table's probability of the explained
+    class (`confidence_weighted`), and `heatmaps.csv` (file, label, predicted, prob_<class> for every class,
+    explained, correct, heatmap) into `out_dir`, all at once: a killed run leaves no partial folder.
     """
     if len(table) != len(images):
         raise ValueError(f"predictions table has {len(table)} rows but {len(images)} images were given")
@@ -139,6 +154,8 @@ def explain_fold(
     ]
     heat_maps = torch.cat(heat).numpy() if heat else np.empty((0, *images.shape[-2:]))
     result = chosen[["file", "label", "predicted", *map(prob_column, classes)]].copy()
+    confidence = [float(result[prob_column(label)].iloc[i]) for i, label in enumerate(explained)]
+    heat_maps = confidence_weighted(heat_maps, np.array(confidence))
     result["explained"] = explained
     result["correct"] = chosen["label"].astype(str) == chosen["predicted"].astype(str)
     result["heatmap"] = png_names(list(chosen["file"]))

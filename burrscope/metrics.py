@@ -1,8 +1,9 @@
 """Cross-validated metrics: the folds' out-of-fold predictions pooled, scored, and tabulated for the report.
 
 Predicted labels are decided here, from the pooled probabilities, with params `predict.threshold` (two classes),
-so the CV metrics describe the operating point that predict will use. Besides the summary: a confusion table,
-the ROC curve, precision and recall at several thresholds, and a calibration (reliability) table.
+so the CV metrics describe the operating point that predict will use. Besides the summary: its headline (what
+`dvc exp show` lists), a confusion table, the ROC curve, precision and recall at several thresholds, a calibration
+(reliability) table, and every fold's training history in one table.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from burrscope.files import write_text_atomic
 from burrscope.tables import (
     CALIBRATION_COLUMNS,
     FOLD_COLUMNS,
+    HEADLINE_METRICS,
+    HISTORY_COLUMNS,
     METRICS,
+    POOLED_HISTORY_COLUMNS,
     PREDICTION_COLUMNS,
     THRESHOLD_COLUMNS,
     read_table,
@@ -64,6 +68,20 @@ def load_predictions(folds_csv: Path, train_dir: Path, folds: int) -> tuple[pd.D
         _check_fold(part, assigned[assigned["fold"] == fold], fold, classes, path)
         parts.append(part[[*PREDICTION_COLUMNS, *probs]])
     return pd.concat(parts).sort_values("file", ignore_index=True), classes
+
+
+def load_histories(train_dir: Path, folds: int) -> pd.DataFrame:
+    """fold_0..fold_{folds-1}'s history.csv in one table with a `fold` column, so one plot can draw every fold.
+
+    As in load_predictions, folders of other folds (left over from a run with more folds) are never read.
+    """
+    parts = [
+        read_table(train_dir / f"fold_{fold}" / "history.csv", HISTORY_COLUMNS, numeric=HISTORY_COLUMNS).assign(
+            fold=fold
+        )
+        for fold in range(folds)
+    ]
+    return pd.concat(parts, ignore_index=True)[POOLED_HISTORY_COLUMNS]
 
 
 def apply_threshold(pooled: pd.DataFrame, classes: list[str], threshold: float) -> pd.DataFrame:
@@ -224,6 +242,16 @@ def calibration_table(pooled: pd.DataFrame, classes: list[str], bins: int = CALI
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS).round(4)
 
 
+def error_counts(decided: pd.DataFrame, classes: list[str]) -> dict[str, int] | None:
+    """The positive class's mistakes at the chosen threshold: positives called negative (`missed`, the burrs a
+    screen lets through) and negatives called positive (`false_alarms`). None unless binary."""
+    if len(classes) != 2:
+        return None
+    positive = decided["label"] == classes[1]
+    called = decided["predicted"] == classes[1]
+    return {"missed": int((positive & ~called).sum()), "false_alarms": int((~positive & called).sum())}
+
+
 def calibration_summary(pooled: pd.DataFrame, classes: list[str]) -> dict[str, float]:
     """Expected calibration error (count-weighted gap of the reliability diagram) and the Brier score."""
     table = calibration_table(pooled, classes)
@@ -232,16 +260,24 @@ def calibration_summary(pooled: pd.DataFrame, classes: list[str]) -> dict[str, f
     return {"ece": round(ece, 4), "brier": round(float(np.mean((predicted - outcome) ** 2)), 4)}
 
 
+def headline(summary: dict[str, Any]) -> dict[str, float]:
+    """HEADLINE_METRICS with their pooled values in the summary; those undefined here are left out, as in score."""
+    pooled = {**summary["overall"], **(summary["errors"] or {}), **summary["calibration"]}
+    return {name: pooled[name] for name in HEADLINE_METRICS if name in pooled}
+
+
 def write_outputs(
     out_dir: Path,
     pooled: pd.DataFrame,
     summary: dict[str, Any],
     tables: dict[str, pd.DataFrame],
 ) -> list[Path]:
-    """Write metrics.json, predictions.csv, confusion.csv and `tables` (name -> table) as CSVs; their paths."""
+    """Write metrics.json, headline.json, predictions.csv, confusion.csv and `tables` (name -> table) as CSVs;
+    their paths."""
     texts = {
-        # allow_nan=False: a NaN would make metrics.json invalid JSON for `dvc metrics show`.
+        # allow_nan=False: a NaN would make the JSON invalid for the report and for `dvc metrics show`.
         "metrics.json": json.dumps(summary, indent=2, allow_nan=False) + "\n",
+        "headline.json": json.dumps(headline(summary), indent=2, allow_nan=False) + "\n",
         "confusion.csv": pooled[["label", "predicted"]].rename(columns={"label": "actual"}).to_csv(index=False),
         **{f"{name}.csv": table.to_csv(index=False) for name, table in tables.items()},
         "predictions.csv": pooled.to_csv(index=False),
@@ -261,6 +297,7 @@ def aggregate(
     decided = apply_threshold(pooled, classes, threshold)
     summary = summarise(decided, classes, folds)
     summary["threshold"] = threshold if len(classes) == 2 else None
+    summary["errors"] = error_counts(decided, classes)
     summary["calibration"] = calibration_summary(decided, classes)
     tables = {
         "roc": roc_table(decided, classes),

@@ -17,6 +17,7 @@ MANIFEST_COLUMNS = [
 FOLD_COLUMNS = ["file", "label", "fold"]
 PREDICTION_COLUMNS = [*FOLD_COLUMNS, "predicted"]  # then prob_<class> per class (classes.prob_column)
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+POOLED_HISTORY_COLUMNS = ["fold", *HISTORY_COLUMNS]  # every fold's history in one table, for one plot
 HEATMAP_COLUMNS = ["file", "label", "predicted", "explained", "correct", "heatmap"]
 # Scores of a set of predictions, as metrics.json, MLflow and the report name them, with the report's headings.
 METRICS = {
@@ -27,6 +28,9 @@ METRICS = {
     "f1": "F1",
     "roc_auc": "ROC-AUC",
 }
+# The few pooled figures `dvc exp show` and `dvc metrics show` list (the aggregate's headline.json), in this order,
+# each named as in metrics.json: scores of METRICS, burrs `missed` at predict.threshold, calibration error `ece`.
+HEADLINE_METRICS = ["accuracy", "balanced_accuracy", "recall", "missed", "roc_auc", "ece"]
 THRESHOLD_COLUMNS = ["threshold", "precision", "recall", "flagged", "missed", "false_alarms"]
 CALIBRATION_COLUMNS = ["bin_lower", "bin_upper", "mean_predicted", "fraction_positive", "count"]
 RERUN = "re-run the pipeline (`dvc repro` or `snakemake`) so that every stage's output is current"

@@ -1,7 +1,8 @@
 """Stage 7: pool the folds' out-of-fold predictions into cross-validated metrics and the report's tables.
 
-Labels are decided with params `predict.threshold`. Writes metrics.json, predictions.csv, confusion.csv,
-roc.csv, thresholds.csv and calibration.csv, then logs the summary to the pipeline run's MLflow parent.
+Labels are decided with params `predict.threshold`. Writes metrics.json, headline.json (what `dvc exp show` lists),
+predictions.csv, confusion.csv, roc.csv, thresholds.csv, calibration.csv and history.csv (every fold's curves), then
+logs the summary to the pipeline run's MLflow parent.
 """
 
 from __future__ import annotations
@@ -10,26 +11,27 @@ import argparse
 from pathlib import Path
 
 from burrscope.errors import user_errors
-from burrscope.metrics import aggregate, format_summary, load_predictions, parent_metrics, write_outputs
+from burrscope.metrics import aggregate, format_summary, load_histories, load_predictions, parent_metrics, write_outputs
 from burrscope.params import load_params
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folds_csv", type=Path, help="data/processed/folds.csv")
-    parser.add_argument("train_dir", type=Path, help="folder holding fold_<k>/predictions.csv")
+    parser.add_argument("train_dir", type=Path, help="folder holding fold_<k>/predictions.csv and history.csv")
     parser.add_argument("out_dir", type=Path, help="where the metrics and tables go")
     args = parser.parse_args()
     with user_errors():
         params = load_params()
         pooled, classes = load_predictions(args.folds_csv, args.train_dir, params.folds)
         pooled, summary, tables = aggregate(pooled, classes, params.folds, params.predict.threshold)
+        tables["history"] = load_histories(args.train_dir, params.folds)
         outputs = write_outputs(args.out_dir, pooled, summary, tables)
     print(format_summary(summary, params.folds))
 
-    from burrscope.tracking import log_aggregate  # imports mlflow: only once the metrics are safely written
+    from burrscope.parent_run import log_aggregate  # imports mlflow: only once the metrics are safely written
 
-    parent, status = log_aggregate(params.recipe, args.folds_csv, parent_metrics(summary), outputs)
+    parent, status = log_aggregate(params.recipe, args.folds_csv, parent_metrics(summary), outputs, args.out_dir)
     if status == "ok":
         print(
             f"MLflow: logged to parent run {parent}"

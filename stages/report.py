@@ -1,4 +1,8 @@
-"""Stage 8: render the cross-validation results as one self-contained HTML page (figures and thumbnails inlined)."""
+"""Stage 8: render the cross-validation results as one self-contained HTML page (figures and thumbnails inlined).
+
+Once it is written, it is logged to the pipeline run's MLflow parent; a tracking failure is a warning, never a
+lost report.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +25,18 @@ def main() -> None:
     parser.add_argument("report_html", type=Path, help="where the report goes")
     args = parser.parse_args()
     with user_errors():
-        params = load_params().raw
+        params = load_params()
         page = build_report(
-            args.manifest_csv, args.images_dir, args.train_dir, args.explain_dir, args.aggregate_dir, params
+            args.manifest_csv, args.images_dir, args.train_dir, args.explain_dir, args.aggregate_dir, params.raw
         )
         write_text_atomic(args.report_html, page)
     print(f"report: {args.report_html} ({len(page.encode()) / 1e6:.1f} MB)")
+
+    from burrscope.parent_run import log_report  # imports mlflow: only once the report is safely written
+
+    parent, status = log_report(params.recipe, args.aggregate_dir / "predictions.csv", [args.report_html])
+    if status == "ok":
+        print(f"MLflow: report logged to parent run {parent}" if parent else "MLflow: no parent run found; not logged")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from burrscope.errors import DataError
-from burrscope.metrics import aggregate, load_predictions, threshold_table, write_outputs
+from burrscope.metrics import aggregate, load_histories, load_predictions, threshold_table, write_outputs
+from burrscope.tables import HEADLINE_METRICS, POOLED_HISTORY_COLUMNS
 from stages.aggregate import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +189,8 @@ def test_fold_with_one_class_omits_undefined_metrics(tmp_path: Path) -> None:
 
 def test_outputs_have_dvc_formats(tmp_path: Path) -> None:
     run_aggregate(tmp_path, TOY.sample(frac=1, random_state=0))  # row order must not matter
-    names = ["calibration.csv", "confusion.csv", "metrics.json", "predictions.csv", "roc.csv", "thresholds.csv"]
+    names = ["calibration.csv", "confusion.csv", "headline.json", "metrics.json", "predictions.csv", "roc.csv",
+             "thresholds.csv"]  # fmt: skip
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == names  # no temp files left
 
     confusion = pd.read_csv(tmp_path / "out" / "confusion.csv", dtype=str)
@@ -206,14 +208,57 @@ def test_outputs_have_dvc_formats(tmp_path: Path) -> None:
     assert predictions["correct"].tolist() == (TOY["label"] == TOY["predicted"]).tolist()
 
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert list(metrics) == ["overall", "mean", "std", "per_fold", "n_images", "classes", "threshold", "calibration"]
+    assert list(metrics) == [
+        "overall", "mean", "std", "per_fold", "n_images", "classes", "threshold", "errors", "calibration"
+    ]  # fmt: skip
     assert list(metrics["per_fold"]) == ["fold_0", "fold_1"]
+
+
+def test_headline_holds_the_headline_metrics_with_the_pooled_values_of_metrics_json(tmp_path: Path) -> None:
+    run_aggregate(tmp_path, TOY)
+    headline = json.loads((tmp_path / "out" / "headline.json").read_text())
+    # Pooled at 0.5 (see TOY): g is the one burr missed; b and f are false alarms.
+    assert headline == {
+        "accuracy": 0.625,
+        "balanced_accuracy": 0.625,
+        "recall": 0.75,
+        "missed": 1,
+        "roc_auc": 0.75,
+        "ece": 0.375,
+    }
+    assert list(headline) == HEADLINE_METRICS  # the order `dvc exp show` lists them in
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["errors"] == {"missed": 1, "false_alarms": 2}
+    in_metrics = {**metrics["overall"], **metrics["errors"], **metrics["calibration"]}
+    assert headline == {name: in_metrics[name] for name in HEADLINE_METRICS}
+
+
+def test_headline_leaves_out_what_more_than_two_classes_leave_undefined(tmp_path: Path) -> None:
+    run_aggregate(tmp_path, pd.DataFrame(MULTICLASS))
+    headline = json.loads((tmp_path / "out" / "headline.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(headline) == ["accuracy", "balanced_accuracy", "recall", "ece"]  # no positive class, no ROC
+    assert metrics["errors"] is None
+    assert headline["recall"] == metrics["overall"]["recall"] and headline["ece"] == metrics["calibration"]["ece"]
+
+
+def test_history_table_stacks_every_fold_and_no_stale_one(tmp_path: Path) -> None:
+    _, train_dir = fake_run(tmp_path, TOY, epochs=3)
+    fake_run(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
+    (tmp_path / "stale" / "results" / "train" / "fold_2").rename(train_dir / "fold_2")
+    history = load_histories(train_dir, 2)
+    assert list(history.columns) == POOLED_HISTORY_COLUMNS
+    assert history["fold"].tolist() == [0, 0, 0, 1, 1, 1] and history["epoch"].tolist() == [1, 2, 3] * 2
+    for fold in (0, 1):
+        own = pd.read_csv(train_dir / f"fold_{fold}" / "history.csv")
+        assert history[history["fold"] == fold].drop(columns="fold").reset_index(drop=True).equals(own)
 
 
 def test_threshold_decides_the_predictions(tmp_path: Path) -> None:
     # At 0.35, g (label 1, prob_1 0.4) is called a burr too: TP 4, FP 2 (b, f), FN 0, TN 2.
     summary = run_aggregate(tmp_path, TOY, threshold=0.35)
     assert summary["threshold"] == 0.35
+    assert summary["errors"] == {"missed": 0, "false_alarms": 2}  # as thresholds.csv counts them at 0.35
     assert summary["overall"]["recall"] == 1.0 and summary["overall"]["precision"] == 0.6667
     assert summary["overall"]["accuracy"] == 0.75
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"label": str, "predicted": str})
@@ -320,7 +365,9 @@ def test_cli_writes_outputs(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "stages.aggregate", "data/processed/folds.csv", "results/train", "out"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert "accuracy 0.625" in done.stdout and "roc_auc            0.750 ± 0.354" in done.stdout
-    assert (tmp_path / "out" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "out" / "headline.json").read_text())["missed"] == 1
+    history = pd.read_csv(tmp_path / "out" / "history.csv")  # the main() that DVC runs pools the histories too
+    assert list(history.columns) == POOLED_HISTORY_COLUMNS and sorted(set(history["fold"])) == [0, 1]
 
 
 @pytest.mark.cli

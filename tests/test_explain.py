@@ -16,6 +16,7 @@ from torch import nn
 from burrscope import models
 from burrscope.explain import (
     HEATMAPS_CSV,
+    confidence_weighted,
     ensemble_gradcam,
     explain_fold,
     explained_classes,
@@ -230,6 +231,31 @@ def test_explain_fold_writes_every_misclassified_image_and_some_correct_ones(
     assert not list(tmp_path.glob(".*.tmp"))
     again = explain_fold(trained, images, NORMALISATION, table, ["0", "1"], 4, tmp_path / "again", seed=7)
     assert list(again["file"]) == list(result["file"])  # the seed fixes which correct images are shown
+
+
+def test_a_confident_negative_gets_a_faint_overlay_where_its_own_peak_would_be_saturated(
+    trained: nn.Module, tmp_path: Path
+) -> None:
+    images, inputs, labels, _ = held_out(4)
+    burr = int(np.flatnonzero(labels.numpy())[0])  # an image whose own-peak map has a saturated hot spot
+    assert gradcam(trained, inputs[burr : burr + 1], [1]).amax().item() == 1
+    table = fold_table(labels[burr : burr + 1], [0])
+    table[["prob_0", "prob_1"]] = [[0.998, 0.002]]  # as if the model were sure there is no burr
+    explain_fold(trained, images[burr : burr + 1], NORMALISATION, table, ["0", "1"], 0, tmp_path / "sure", seed=0)
+    table[["prob_0", "prob_1"]] = [[0.02, 0.98]]  # the same map, now backed by a confident burr call
+    explain_fold(trained, images[burr : burr + 1], NORMALISATION, table, ["0", "1"], 0, tmp_path / "burr", seed=0)
+    photo = images[burr].permute(1, 2, 0).numpy().astype(int)
+    with Image.open(tmp_path / "sure" / "img_0.png") as faint, Image.open(tmp_path / "burr" / "img_0.png") as hot:
+        faint_change, hot_change = (np.abs(np.asarray(png, int) - photo).max() for png in (faint, hot))
+    assert faint_change <= 1 and hot_change > 60  # at most rounding where the model saw no burr
+
+
+def test_weighting_by_confidence_keeps_each_maps_peak_where_it_was() -> None:
+    heat = np.random.default_rng(0).random((3, 5, 6)).astype(np.float32)
+    weighted = confidence_weighted(heat, np.array([0.002, 0.5, 1.0]))
+    assert weighted.dtype == heat.dtype and weighted.shape == heat.shape
+    assert weighted.reshape(3, -1).argmax(1).tolist() == heat.reshape(3, -1).argmax(1).tolist()
+    np.testing.assert_allclose(weighted.reshape(3, -1).max(1), heat.reshape(3, -1).max(1) * [0.002, 0.5, 1.0])
 
 
 def test_a_run_killed_midway_leaves_the_previous_folder_whole(

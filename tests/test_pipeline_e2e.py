@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from burrscope.tables import HEADLINE_METRICS
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +57,11 @@ def deep_update(target: dict, changes: dict) -> None:
 def make_project(root: Path) -> Path:
     """The repo's tracked files, a few demo images per class and tiny params, committed to a fresh git repo."""
     listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO).split("\0")
-    for name in filter(None, listed):
+    listed = [name for name in listed if name and (REPO / name).is_file()]
+    for name in listed:
         # Neither the demo run's outputs and lock nor the full demo data: this project starts from nothing.
-        generated = name.startswith(("data/", "tests/", "results/", "reports/", ".dvc/")) or name == "dvc.lock"
-        if generated or not (REPO / name).is_file():
-            continue
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
+        if not name.startswith(("data/", "tests/", "results/", "reports/", ".dvc/")) and name != "dvc.lock":
+            copy_into(root, name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     labels = pd.read_csv(REPO / params["data"]["labels"], dtype=str)
     subset = labels.groupby("label", group_keys=False).head(PER_CLASS)
@@ -74,9 +75,18 @@ def make_project(root: Path) -> Path:
     env = env_for(root)
     run(["git", "init", "-q", "-b", "main"], root, env)
     run(["dvc", "init", "-q"], root, env)
+    # DVC's settings and plot templates (the offline plots page) only now: `dvc init` refuses an existing .dvc.
+    for name in listed:
+        if name == ".dvc/config" or name.startswith(".dvc/plots/"):
+            copy_into(root, name)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "tiny project"], root, env)
     return root
+
+
+def copy_into(root: Path, name: str) -> None:
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / name, root / name)
 
 
 def stages_run(output: str) -> set[str]:
@@ -107,7 +117,8 @@ def test_dvc_repro_produces_every_output(dvc_project: Path) -> None:
         explained = dvc_project / f"results/explain/fold_{fold}"  # the explain stage's Grad-CAM overlays
         heatmaps = pd.read_csv(explained / "heatmaps.csv")
         assert len(heatmaps) and all((explained / name).is_file() for name in heatmaps["heatmap"])
-    for name in ("metrics.json", "confusion.csv", "roc.csv", "thresholds.csv", "calibration.csv", "predictions.csv"):
+    for name in ("metrics.json", "headline.json", "confusion.csv", "roc.csv", "thresholds.csv", "calibration.csv",
+                 "history.csv", "predictions.csv"):  # fmt: skip
         assert (dvc_project / "results/aggregate" / name).is_file()
     html = (dvc_project / "reports/report.html").read_text()
     assert "<html" in html.lower() and "data:image/png;base64," in html and "Where the models look" in html
@@ -122,6 +133,45 @@ def test_second_dvc_repro_reruns_nothing(dvc_project: Path) -> None:
     output = run(["dvc", "repro"], dvc_project, env_for(dvc_project))
     assert stages_run(output) == set()
     assert "Data and pipelines are up to date" in run(["dvc", "status"], dvc_project, env_for(dvc_project))
+
+
+def test_dvc_metrics_show_lists_the_headline_figures_only(dvc_project: Path) -> None:
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], dvc_project, env_for(dvc_project)))
+    (workspace,) = shown.values()  # one revision, the workspace (DVC names it "")
+    files = workspace["data"]
+    assert list(files) == ["results/aggregate/headline.json"]  # not the 50-odd figures of metrics.json
+    headline = files["results/aggregate/headline.json"]["data"]
+    assert list(headline) == HEADLINE_METRICS
+    metrics = json.loads((dvc_project / "results/aggregate/metrics.json").read_text())
+    assert headline["accuracy"] == metrics["overall"]["accuracy"] and headline["ece"] == metrics["calibration"]["ece"]
+
+
+def plot_titles(root: Path) -> list[str]:
+    return [
+        props["title"] for entry in yaml.safe_load((root / "dvc.yaml").read_text())["plots"] for props in entry.values()
+    ]
+
+
+def test_dvc_plots_show_writes_every_plot_into_a_page_that_fetches_nothing(dvc_project: Path) -> None:
+    output = run(["dvc", "plots", "show"], dvc_project, env_for(dvc_project))
+    assert "failed to load" not in output  # every plot's data file is there
+    page = (dvc_project / "dvc_plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]*\ssrc=", page)  # vega comes inlined, not from DVC's CDN
+    assert all(json.dumps(title) in page for title in plot_titles(dvc_project))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium to run the page's scripts")
+def test_the_plots_page_draws_every_plot_in_a_browser_cut_off_from_the_network(
+    dvc_project: Path, tmp_path: Path
+) -> None:
+    run(["dvc", "plots", "show", "--out", str(tmp_path)], dvc_project, env_for(dvc_project))
+    browser = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000",
+        "--dump-dom", (tmp_path / "index.html").as_uri(),
+    ]  # fmt: skip
+    dom = subprocess.run(browser, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count("<canvas") == len(plot_titles(dvc_project))  # vega-embed drew each plot
 
 
 def test_dvc_exp_run_reruns_training_only_and_links_mlflow_runs(dvc_project: Path) -> None:
@@ -140,6 +190,19 @@ def test_dvc_exp_run_reruns_training_only_and_links_mlflow_runs(dvc_project: Pat
     children = [r for r in new if r[2] is not None]
     assert sorted(c[1] for c in children) == ["export", "fold-0", "fold-1"]
     assert {c[2] for c in children} == {parents[0][0]}
+
+
+def test_the_readme_exp_show_recipe_fits_the_headline_and_the_changed_param_in_120_columns(
+    dvc_project: Path,
+) -> None:
+    """README's recipe, after the experiment above: rich squeezes a plain `dvc exp show` to `…` at this width."""
+    readme = (REPO / "README.md").read_text()
+    recipe = re.search(r"^dvc exp show --only-changed(?:[^\n]*\\\n)*[^\n]*", readme, flags=re.M)
+    assert recipe, "README lost its `dvc exp show --only-changed ...` recipe"
+    command = [*shlex.split(recipe.group(0).replace("\\\n", " ")), "--no-pager"]  # as a terminal without a pager
+    table = run(command, dvc_project, {**env_for(dvc_project), "COLUMNS": "120"}).splitlines()
+    assert table[1].split() == ["Experiment", *HEADLINE_METRICS, "lr"]  # the experiment changed lr alone
+    assert not [line for line in table if "…" in line or len(line) > 120]
 
 
 def test_temp_experiment_logs_to_the_workspace_store(dvc_project: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -13,11 +15,15 @@ from typing import NamedTuple
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from burrscope.metrics import aggregate, load_predictions, write_outputs
-from burrscope.params import load_params
+from burrscope.params import Params, load_params
 from burrscope.report.build import build_report
+from burrscope.report.figures import calibration_figure
+from burrscope.report.origin import ui_url
+from burrscope.tracking import PIPELINE_KEY_TAG, pipeline_key
 from stages.report import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +158,14 @@ def fake_inputs(root: Path, predictions: pd.DataFrame) -> Inputs:
     return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir)
 
 
+@pytest.fixture(autouse=True)
+def in_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages run in the workspace, where the report looks for git and MLflow: here, neither is found."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("DVC_EXP_NAME", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def binary(tmp_path: Path) -> Inputs:
     workspace(tmp_path)
@@ -165,22 +179,75 @@ def report(tmp_path: Path, inputs: Inputs) -> str:
 
 def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binary: Inputs) -> None:
     page = report(tmp_path, binary)
-    # b, f, g misclassified; confusion, ROC, calibration, training curves; 5 heatmap cards of 2 images each
-    assert len(IMG.findall(page)) == 3 + 4 + 2 * 5
-    assert page.count('class="card"') == 3 and page.count('class="card wide"') == 5
-    assert "Where the models look (5)" in page
-    # The per-fold table, from the hand-computed values in test_aggregate.
-    assert "<td>0.750</td><td>0.750</td><td>0.667</td><td>1.000</td><td>0.800</td><td>1.000</td>" in page
-    assert "<td>mean ± std</td><td></td><td>0.625 ± 0.177</td>" in page
-    assert "<td>pooled</td><td>8</td><td>0.625</td><td>0.625</td><td>0.600</td><td>0.750</td>" in page
-    assert "ROC-AUC 0.750 on 8 images, 2-fold cross-validation" in page
+    # b, f, g misclassified, each beside its heatmap; the figures; the correct heatmap of each fold beside its input
+    assert len(IMG.findall(page)) == 2 * 3 + 4 + 2 * 2
+    assert "Misclassified images (3)" in page and "Where the models look on images they got right (2)" in page
+    # The per-fold table, from the hand-computed values in test_aggregate, with its n: images and burrs per fold.
+    assert (
+        "<td>0</td><td>4</td><td>2</td><td>0.750</td><td>0.750</td><td>0.667</td><td>1.000</td><td>0.800</td>" in page
+    )
+    assert "<td>mean ± std</td><td></td><td></td><td>0.625 ± 0.177</td>" in page
+    assert "<td>pooled</td><td>8</td><td>4</td><td>0.625</td><td>0.625</td><td>0.600</td><td>0.750</td>" in page
+    assert "<th>Fold</th><th>Images</th><th>burr images</th><th>Accuracy</th>" in page
+    assert "ROC-AUC 0.750 on 8 images (4 ok, 4 burr), 2-fold cross-validation" in page
     assert "sha256 abababababab" in page
     # Data summary: one name renamed by a collision, two non-ASCII originals, sizes from the manifest.
     assert "<td>Renamed because names collided</td><td>1</td>" in page
     assert "<td>Non-ASCII original names</td><td>2</td>" in page
     assert "<td>Width (px)</td><td>400 to 470</td>" in page
+    assert "fold 0: 4 trained on, 4 held out; fold 1: 4 trained on, 4 held out" in page
+
+
+def test_the_first_screen_leads_with_recall_and_missed_burrs_with_their_n_and_intervals(
+    tmp_path: Path, binary: Inputs
+) -> None:
+    page = report(tmp_path, binary)
+    tile = r'<div class="tile"><span class="label">(.*?)</span><b>(.*?)</b><small>(.*?)</small><small class="n">(.*?)<'
+    tiles = re.findall(tile, page)
+    # 3 of the 4 burrs found (g missed), 2 of the 4 good parts flagged (b, f); Wilson intervals of 3/4, 1/4, 2/4, 5/8.
+    assert tiles == [
+        ("Recall of burr", "0.750", "95 % CI 0.301 to 0.954", "n = 4 burr"),
+        ("burr missed", "1 of 4", "25.0 %, 95 % CI 4.6 % to 69.9 %", "n = 4 burr"),
+        ("ok flagged as burr", "2 of 4", "50.0 %, 95 % CI 15.0 % to 85.0 %", "n = 4 ok"),
+        ("Accuracy", "0.625", "95 % CI 0.306 to 0.863", "n = 8 images"),
+        ("Balanced accuracy", "0.625", "mean of per-class recall", "n = 8 images"),
+        ("ROC-AUC", "0.750", "over every threshold", "n = 4 burr, 4 ok"),
+    ]
+    assert "called burr at P(burr) ≥ 0.5 (predict.threshold)" in page
+
+
+def test_params_are_folded_away_below_the_headline(tmp_path: Path, binary: Inputs) -> None:
+    page = report(tmp_path, binary)
+    folded = page[page.index('<details class="params">') : page.index("</details>")]
+    assert page.index('class="tiles"') < page.index('<details class="params">')
     lr = load_params(tmp_path / "params.yaml").raw["lr"]  # whatever the repository's params.yaml holds
-    assert f"\nlr: {lr}\n" in page and "  background: [0, 0, 0]\n" in page and "    flip: true\n" in page
+    assert f"\nlr: {lr}\n" in folded and "  background: [0, 0, 0]\n" in folded and "    flip: true\n" in folded
+
+
+def test_class_names_replace_labels_everywhere_and_unlisted_labels_show_as_they_are(
+    tmp_path: Path, binary: Inputs
+) -> None:
+    page = report(tmp_path, binary)  # the repository's params.yaml names 0 ok and 1 burr
+    assert "<tr><td>ok</td><td>0</td><td>4</td><td>50%</td></tr>" in page  # the data section's class table
+    assert "<th>burr missed</th><th>ok flagged</th>" in page  # the threshold table
+    assert 'true <span class="good">ok</span> → predicted <span class="bad">burr</span>' in page
+    assert "P(true) 0.400 · P(burr) 0.600" in page and "heat of class burr, P(burr) 0.100" in page
+    assert "precision, recall and F1 of class &#39;burr&#39;" in page
+    params = load_params(tmp_path / "params.yaml").raw
+    params["data"]["class_names"] = {1: "burr"}
+    page = build_report(*binary, params)
+    assert "<tr><td>0</td><td>0</td><td>4</td><td>50%</td></tr>" in page and "<th>0 flagged</th>" in page
+    assert 'true <span class="good">0</span> → predicted <span class="bad">burr</span>' in page
+
+
+def test_class_names_are_escaped(tmp_path: Path, binary: Inputs) -> None:
+    params = load_params(tmp_path / "params.yaml").raw
+    params["data"]["class_names"] = {0: "<ok>", 1: "burr&<x>"}
+    page = build_report(*binary, params)
+    assert '<span class="label">Recall of burr&amp;&lt;x&gt;</span>' in page
+    assert "<td>&lt;ok&gt;</td><td>0</td>" in page and "<th>burr&amp;&lt;x&gt; missed</th>" in page
+    assert 'true <span class="good">&lt;ok&gt;</span> → predicted <span class="bad">burr&amp;&lt;x&gt;</span>' in page
+    assert "<ok>" not in page and "burr&<x>" not in page
 
 
 def test_report_has_threshold_table_and_calibration(tmp_path: Path, binary: Inputs) -> None:
@@ -199,12 +266,66 @@ def test_undefined_precision_shows_as_a_dash(tmp_path: Path, binary: Inputs) -> 
     assert "<tr><td>0.9</td><td>—</td><td>0.250</td>" in report(tmp_path, binary)
 
 
-def test_heatmap_gallery_puts_mistakes_first(tmp_path: Path, binary: Inputs) -> None:
+def test_every_mistake_is_shown_beside_its_heatmap_at_full_size_on_click(tmp_path: Path, binary: Inputs) -> None:
+    big = binary.images_dir / "f.png"  # a misclassified input larger than a card shows it
+    Image.new("RGB", (300, 300), (10, 20, 30)).save(big)
     page = report(tmp_path, binary)
-    gallery = page[page.index("Where the models look") :]
-    verdicts = re.findall(r'predicted <span class="(good|bad)">', gallery)
-    assert verdicts == ["bad", "bad", "bad", "good", "good"]
-    assert "heat of class 1, P(1) 0.600" in gallery  # b, the surest false alarm, in fold 0
+    mistakes = page[page.index('<h2 id="misclassified">') : page.index('<h2 id="where-models-look">')]
+    cards = re.findall(r'<figure class="card zoom" id="(mistake-\d)">\n<a class="pair" href="#\1"', mistakes)
+    assert cards == ["mistake-1", "mistake-2", "mistake-3"]  # each card opens itself, full screen, by CSS alone
+    assert mistakes.count('alt="heatmap of ') == 3 and mistakes.count('<a class="close" href="#misclassified">') == 3
+    assert ".zoom:target" in page and "<script" not in page
+    embedded = [
+        Image.open(io.BytesIO(base64.b64decode(uri)))
+        for uri in re.findall(r'src="data:image/png;base64,([^"]+)"', mistakes)
+    ]
+    assert (300, 300) in [image.size for image in embedded]  # the full resolution, not a thumbnail
+    # The gallery after it holds the explained images that are not mistakes: the first correct one of each fold.
+    gallery = page[page.index('<h2 id="where-models-look">') :]
+    assert re.findall(r'predicted <span class="(good|bad)">', gallery) == ["good", "good"]
+    assert "heat of class burr, P(burr) 0.200" in gallery and "Reading a heatmap" in page
+
+
+def test_a_mistake_the_explain_stage_did_not_pick_is_shown_without_a_heatmap(tmp_path: Path, binary: Inputs) -> None:
+    heatmaps = binary.explain_dir / "fold_1" / "heatmaps.csv"
+    table = pd.read_csv(heatmaps, dtype=str)
+    table[table["file"] != "g.png"].to_csv(heatmaps, index=False)  # as if g were decided otherwise at training
+    page = report(tmp_path, binary)
+    assert page.count("No heatmap: the explain stage picks mistakes") == 1
+    assert page.count('alt="heatmap of ') == 2 + 2
+
+
+def test_train_keep_best_marks_every_held_out_score_as_optimistic(tmp_path: Path, binary: Inputs) -> None:
+    assert 'class="flag"' not in report(tmp_path, binary) and "Optimistic scores" not in report(tmp_path, binary)
+    for fold in (0, 1):
+        metrics_json = binary.train_dir / f"fold_{fold}" / "metrics.json"
+        metrics = json.loads(metrics_json.read_text())
+        metrics_json.write_text(json.dumps(metrics | {"keep": "best", "epoch_kept": 2 + fold}))
+    page = report(tmp_path, binary)
+    assert "<b>Optimistic scores.</b> With <code>train.keep: best</code>" in page
+    assert page.count("optimistic</em></small>") == 6  # every tile
+    assert page.count("optimistic</em></figcaption>") == 4  # confusion, ROC, calibration, training curves
+    cross_validation = page[page.index("<h2>Cross-validation</h2>") : page.index("<h2>Decision threshold</h2>")]
+    assert "Optimistic: each fold's epoch was picked" in cross_validation
+    assert "<th>Epoch picked on held-out</th>" in cross_validation
+    assert "<td>0</td><td>4</td><td>2</td><td>2</td><td>0.750</td>" in cross_validation
+    assert "<td>1</td><td>4</td><td>2</td><td>3</td><td>0.500</td>" in cross_validation
+
+
+def test_the_calibration_plot_keeps_its_corner_points_whole() -> None:
+    calibration = pd.DataFrame(
+        {
+            "bin_lower": [0.0, 0.9],
+            "bin_upper": [0.1, 1.0],
+            "mean_predicted": [0.0, 1.0],
+            "fraction_positive": [0.0, 1.0],
+            "count": [50, 50],
+        }
+    )
+    ax = calibration_figure(calibration, {"ece": 0.0, "brier": 0.0}, "P(burr)").axes[0]
+    dots = ax.collections[0]
+    assert not dots.get_clip_on()
+    assert ax.get_xlim()[0] < 0 < 1 < ax.get_xlim()[1] and ax.get_ylim()[0] < 0 < 1 < ax.get_ylim()[1]
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path, binary: Inputs) -> None:
@@ -222,8 +343,8 @@ def test_labels_with_html_characters_are_escaped_in_tables_and_cards(tmp_path: P
     toy = TOY.assign(label=TOY["label"].map(labels), predicted=TOY["predicted"].map(labels))
     toy = toy.rename(columns={f"prob_{old}": f"prob_{new}" for old, new in labels.items()})
     page = report(tmp_path, fake_inputs(tmp_path, toy))
-    assert "<td>&lt;ok&gt;</td><td>4</td><td>50%</td>" in page  # the class table of the data section
-    assert "<th>Missed burr&amp;&lt;x&gt;</th>" in page  # the threshold table's heading
+    assert "<td>&lt;ok&gt;</td><td>&lt;ok&gt;</td><td>4</td><td>50%</td>" in page  # the data section's class table
+    assert "<th>burr&amp;&lt;x&gt; missed</th>" in page  # the threshold table's heading
     assert 'true <span class="good">&lt;ok&gt;</span> → predicted <span class="bad">burr&amp;&lt;x&gt;</span>' in page
     assert "<ok>" not in page and "burr&<x>" not in page
 
@@ -243,10 +364,11 @@ def test_multiclass_report_has_no_roc(tmp_path: Path) -> None:
     workspace(tmp_path)
     page = report(tmp_path, fake_inputs(tmp_path, MULTICLASS))
     assert "not applicable" in page and "ROC-AUC" not in page
-    # c, e misclassified; confusion, calibration, training curves; heatmaps of c, e and one correct per fold
-    assert len(IMG.findall(page)) == 2 + 3 + 2 * 4
+    # c, e misclassified, beside their heatmaps; confusion, calibration, training curves; one correct per fold
+    assert len(IMG.findall(page)) == 2 * 2 + 3 + 2 * 2
     assert "applies to two classes only" in page
-    assert "P(true) 0.300 · P(1) 0.500" in page  # multi-class: probability of the predicted class
+    assert "P(true) 0.300 · P(burr) 0.500" in page  # multi-class: probability of the predicted class, "1" named
+    assert "heat of class 2, P(2) 0.100" in page  # "2" has no name in params: shown as it is
 
 
 def test_report_without_mistakes_says_so(tmp_path: Path) -> None:
@@ -282,3 +404,77 @@ def test_report_lists_skipped_files(tmp_path: Path, binary: Inputs) -> None:
     assert "<td>Images</td><td>8</td>" in page  # the data summary counts the images that were used
     manifest.iloc[:-1].to_csv(manifest_csv, index=False)  # a skipped column, nothing skipped: no section
     assert "Skipped files" not in report(tmp_path, binary)
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+@pytest.fixture
+def committed(tmp_path: Path, binary: Inputs, monkeypatch: pytest.MonkeyPatch) -> Inputs:
+    """The workspace as a git repository: params.yaml and a dvc.lock committed on 1 May 2024."""
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.com")
+        monkeypatch.setenv(f"GIT_{role}_DATE", "2024-05-01T12:00:00Z")
+    (tmp_path / ".gitignore").write_text("data/\nresults/\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "params")
+    return binary
+
+
+def header(page: str) -> str:
+    return page[page.index('<p class="provenance">') : page.index('<p class="lede">')]
+
+
+def test_the_header_names_the_commit_its_date_and_the_dvc_experiment(
+    tmp_path: Path, committed: Inputs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout[:8]
+    monkeypatch.setenv("DVC_EXP_NAME", "lower-lr")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC rewrites it during the very run
+    top = header(report(tmp_path, committed))
+    assert f"commit <code>{commit}</code> of 2024-05-01" in top and "DVC experiment <code>lower-lr</code>" in top
+    assert "Date of the pipeline run unknown (no MLflow run found)" in top and "no MLflow run" in top
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + "\n")
+    assert f"commit <code>{commit}+dirty</code>" in header(report(tmp_path, committed))
+    assert not (tmp_path / "mlflow.db").exists()  # looking for a run never creates a store
+
+
+def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary: Inputs) -> None:
+    recipe = Params.from_mapping(load_params(tmp_path / "params.yaml").raw).recipe
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment(recipe.experiment)
+    folds_csv = tmp_path / "data" / "processed" / "folds.csv"
+    tags = {PIPELINE_KEY_TAG: pipeline_key(recipe, folds_csv)}  # as the folds' runs file their parent
+    run = client.create_run(experiment, start_time=1714645860000, tags=tags, run_name="pipeline").info.run_id
+    client.create_run(experiment, start_time=1714645990000, tags={PIPELINE_KEY_TAG: "another pipeline run"})
+    folds_csv.unlink()  # the report finds the parent from the fold assignment its pooled predictions carry
+    top = header(report(tmp_path, binary))
+    assert "Pipeline run started 2024-05-02 10:31 UTC" in top and "git commit unknown" in top
+    assert (
+        f'MLflow run <a href="http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}"><code>{run}</code></a>'
+        in top
+    )
+
+
+def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
+    tmp_path: Path, binary: Inputs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    assert "no MLflow run" in header(report(tmp_path, binary))
+    assert "warning: report: MLflow run not looked up" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("uri", "base"),
+    [
+        ("sqlite:////work/mlflow.db", "http://127.0.0.1:5000"),
+        ("postgresql://u:p@db/mlflow", "http://127.0.0.1:5000"),
+        ("https://user:secret@mlflow.example.org:8443/", "https://mlflow.example.org:8443"),
+    ],
+)
+def test_the_run_link_points_at_the_tracking_server_or_mlflow_ui_without_credentials(uri: str, base: str) -> None:
+    assert ui_url(uri, "3", "abc") == f"{base}/#/experiments/3/runs/abc"

@@ -20,8 +20,10 @@ import pandas as pd
 from burrscope.classes import prob_column
 from burrscope.errors import DataError
 from burrscope.naming import output_name
-from burrscope.report import sections
-from burrscope.report.figures import THUMB_PX, figure_uris
+from burrscope.params import Params
+from burrscope.report import headline, sections
+from burrscope.report.figures import figure_uris
+from burrscope.report.origin import Origin, find_origin
 from burrscope.tables import (
     CALIBRATION_COLUMNS,
     HEATMAP_COLUMNS,
@@ -103,7 +105,7 @@ def read_heatmaps(explain_dir: Path, folds: int) -> pd.DataFrame:
     missing = {prob_column(label) for label in explained["explained"]} - set(explained.columns)
     if missing:
         raise DataError(f"{explain_dir}/fold_*/heatmaps.csv lacks {sorted(missing)}; {RERUN}.")
-    # Each map is scaled to its own peak: the probability beside it says how much the class was really seen.
+    # The probability the explain stage weighted the map by (burrscope.explain.confidence_weighted).
     explained["p_explained"] = [row[prob_column(row["explained"])] for _, row in explained.iterrows()]
     return explained
 
@@ -139,17 +141,28 @@ def load_outputs(
     )
 
 
+def held_out_image(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(fold, file) of each row: the held-out image it is about, in the predictions and heatmaps tables alike."""
+    return list(zip(table["fold"].astype(str), table["file"], strict=True))
+
+
 def report_context(
-    outputs: StageOutputs, params: Mapping[str, Any], images_dir: Path, manifest_csv: Path
+    outputs: StageOutputs,
+    params: Mapping[str, Any],
+    images_dir: Path,
+    manifest_csv: Path,
+    origin: Origin,
 ) -> dict[str, Any]:
-    """The template's variables, one per section, each plain data (see `sections` for the shapes)."""
-    summary, classes, runs = outputs.summary, outputs.classes, outputs.runs
+    """The template's variables, one per section, each plain data (see `sections` and `headline` for the shapes)."""
+    summary, classes, runs, predictions = outputs.summary, outputs.classes, outputs.runs, outputs.predictions
+    name = Params.from_mapping(params).data.class_name
     binary = len(classes) == 2
     metrics = [metric for metric in METRICS if binary or metric != "roc_auc"]
     originals = {output_name(row.normalised_name): row.original_name for row in outputs.manifest.itertuples()}
     figures = figure_uris(
-        outputs.predictions,
+        predictions,
         classes,
+        [name(label) for label in classes],
         summary["overall"],
         outputs.roc,
         outputs.calibration,
@@ -157,24 +170,50 @@ def report_context(
         outputs.histories,
         [run["epoch_kept"] for run in runs],
     )
+    lede = headline.headline(summary, runs, params["model"])
+    per_class = predictions["label"].value_counts()
+    positives = predictions.loc[predictions["label"] == classes[-1], "fold"].astype(str).value_counts()
+    explained = outputs.explained
+    overlays = dict(zip(held_out_image(explained), explained["path"], strict=True))
+    # Each mistake is shown once, beside its heatmap; the gallery after it shows the other explained images.
+    mistakes = set(held_out_image(predictions[predictions["label"] != predictions["predicted"]]))
     return {
         "classes": classes,
         "binary": binary,
-        "positive": classes[-1],
-        "thumb_px": THUMB_PX,
-        "headline": sections.headline(summary, runs, params["model"]),
-        "tiles": sections.tiles(summary, len(runs)),
+        "positive": name(classes[-1]),
+        "negative": name(classes[0]),
+        "threshold": summary["threshold"],
+        "origin": origin,
+        "headline": lede,
+        "tiles": headline.tiles(summary, headline.count(predictions, classes), classes, name),
+        "sample": ", ".join(f"{per_class.get(label, 0)} {name(label)}" for label in classes),
+        "held_out": [(i, run["n_train"], run["n_val"]) for i, run in enumerate(runs)],
         "params": sections.params_text(params),
-        "data": sections.data_tables(outputs.manifest),
+        "data": sections.data_tables(outputs.manifest, name),
         "skipped": sections.skipped_table(outputs.skipped),
-        "folds": sections.folds_table(summary, metrics),
+        "folds": sections.folds_table(
+            summary,
+            metrics,
+            (name(classes[-1]), {f"fold_{fold}": int(n) for fold, n in positives.items()}) if binary else None,
+            [run["epoch_kept"] for run in runs] if lede["optimistic"] else None,
+        ),
         "training": sections.training(runs, params["train"]["keep"]),
         "thresholds": None
         if outputs.thresholds is None
-        else sections.threshold_table(outputs.thresholds, summary["threshold"], classes[-1]),
+        else sections.threshold_table(outputs.thresholds, summary["threshold"], name(classes[-1]), name(classes[0])),
         "figures": figures,
-        "mistakes": sections.mistake_cards(outputs.predictions, classes, images_dir, originals, manifest_csv),
-        "heatmaps": sections.heatmap_cards(outputs.explained, images_dir, originals),
+        "mistakes": sections.mistake_cards(
+            predictions,
+            classes,
+            images_dir,
+            originals,
+            manifest_csv,
+            overlays,
+            name,
+        ),
+        "heatmaps": sections.heatmap_cards(
+            explained[[key not in mistakes for key in held_out_image(explained)]], images_dir, originals, name
+        ),
     }
 
 
@@ -198,7 +237,14 @@ def build_report(
     explain_dir: Path,
     aggregate_dir: Path,
     params: Mapping[str, Any],
+    origin: Origin | None = None,
 ) -> str:
-    """The report's HTML for the stage outputs and params.yaml's mapping; the same inputs give the same bytes."""
+    """The report's HTML for the stage outputs and params.yaml's mapping; the same inputs give the same bytes.
+
+    `origin` is where the outputs come from; by default it is looked up (git, DVC_EXP_NAME, MLflow) from the
+    current directory, as the stage runs, the MLflow parent by the fold assignment the pooled predictions carry.
+    """
     outputs = load_outputs(manifest_csv, train_dir, explain_dir, aggregate_dir, params["split"]["folds"])
-    return render(report_context(outputs, params, images_dir, manifest_csv))
+    if origin is None:
+        origin = find_origin(Params.from_mapping(params).recipe, outputs.predictions)
+    return render(report_context(outputs, params, images_dir, manifest_csv, origin))

@@ -1,7 +1,7 @@
-"""The report's pictures as PNG data URIs: the matplotlib figures, and thumbnails of image files.
+"""The report's pictures as PNG data URIs: the matplotlib figures, and image files at full size.
 
 Every PNG is byte-for-byte reproducible: figures are saved without the "Software" chunk (it names the matplotlib
-version), thumbnails are re-encoded from pixels alone.
+version), images are re-encoded from pixels alone. Classes appear under the names the report gives them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from PIL import Image
 from burrscope.errors import DataError
 from burrscope.tables import RERUN
 
-THUMB_PX = 160
 DPI = 110  # modest: a sharp figure on screen, a report of a few MB at most
 CURVE_COLUMNS = 5  # folds per row of the training-curves figure
 # parse_math off: a class label or name containing "$" is printed as is, not as TeX.
@@ -40,20 +39,20 @@ def figure_uri(fig: Figure) -> str:
     return png_uri(buffer.getvalue())
 
 
-def thumbnail_uri(path: Path) -> str:
-    """The image at `path`, as RGB and at most THUMB_PX a side, as a PNG data URI; DataError if unreadable."""
+def image_uri(path: Path) -> str:
+    """The image at `path`, as RGB at its full size (a burr is a few pixels wide), as a PNG data URI; DataError
+    if unreadable."""
     try:
         with Image.open(path) as image:
-            thumb = image.convert("RGB")
+            pixels = image.convert("RGB")
     except OSError as err:
         raise DataError(f"{path}: cannot read this image ({err}); {RERUN}.") from None
-    thumb.thumbnail((THUMB_PX, THUMB_PX))
     buffer = io.BytesIO()
-    thumb.save(buffer, format="PNG", optimize=True)
+    pixels.save(buffer, format="PNG", optimize=True)
     return png_uri(buffer.getvalue())
 
 
-def confusion_figure(predictions: pd.DataFrame, classes: list[str]) -> Figure:
+def confusion_figure(predictions: pd.DataFrame, classes: list[str], names: list[str]) -> Figure:
     # Rows actual, columns predicted, every class present even if never predicted: no sklearn import for one count.
     table = pd.crosstab(predictions["label"], predictions["predicted"])
     counts = table.reindex(index=classes, columns=classes, fill_value=0).to_numpy()
@@ -62,7 +61,7 @@ def confusion_figure(predictions: pd.DataFrame, classes: list[str]) -> Figure:
     ax = fig.subplots()
     ax.imshow(counts, cmap="Blues", vmin=0)
     ticks = range(len(classes))
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=classes, yticklabels=classes)
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names)
     ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (pooled)")
     ax.spines[:].set_visible(False)
     for (row, col), count in np.ndenumerate(counts):
@@ -88,9 +87,22 @@ def calibration_figure(calibration: pd.DataFrame, summary: dict[str, float], lab
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY)
     ax.plot(calibration["mean_predicted"], calibration["fraction_positive"], color=TRAIN_COLOUR, lw=1.5)
     sizes = 18 + 180 * calibration["count"] / max(1, calibration["count"].max())
-    ax.scatter(calibration["mean_predicted"], calibration["fraction_positive"], s=sizes, color=TRAIN_COLOUR, zorder=3)
+    # A well-calibrated model's surest bin sits at (1, 1), on the corner: room around the square and no clipping,
+    # so its dot shows whole.
+    ax.scatter(
+        calibration["mean_predicted"],
+        calibration["fraction_positive"],
+        s=sizes,
+        color=TRAIN_COLOUR,
+        zorder=3,
+        clip_on=False,
+    )
     ax.set(
-        xlim=(0, 1), ylim=(-0.02, 1.02), aspect="equal", xlabel=f"mean predicted {label}", ylabel="observed frequency"
+        xlim=(-0.04, 1.04),
+        ylim=(-0.04, 1.04),
+        aspect="equal",
+        xlabel=f"mean predicted {label}",
+        ylabel="observed frequency",
     )
     ax.set_title(f"Calibration (pooled), ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}")
     return fig
@@ -128,6 +140,7 @@ def curves_figure(histories: list[pd.DataFrame], kept: list[int]) -> Figure:
 def figure_uris(
     predictions: pd.DataFrame,
     classes: list[str],
+    names: list[str],
     overall: dict[str, float],
     roc: pd.DataFrame | None,
     calibration: pd.DataFrame,
@@ -135,12 +148,15 @@ def figure_uris(
     histories: list[pd.DataFrame],
     kept: list[int],
 ) -> dict[str, str | None]:
-    """Data URIs of the figures: confusion, roc (None unless `roc` is given: two classes), calibration, curves."""
-    probability = f"P({classes[-1]})" if len(classes) == 2 else "top-class probability"
+    """Data URIs of the figures: confusion, roc (None unless `roc` is given: two classes), calibration, curves.
+
+    `names` are what the report calls `classes`, in their order.
+    """
+    probability = f"P({names[-1]})" if len(classes) == 2 else "top-class probability"
     with matplotlib.rc_context(PLOT_STYLE):
         return {
-            "confusion": figure_uri(confusion_figure(predictions, classes)),
-            "roc": None if roc is None else figure_uri(roc_figure(roc, overall["roc_auc"], classes[-1])),
+            "confusion": figure_uri(confusion_figure(predictions, classes, names)),
+            "roc": None if roc is None else figure_uri(roc_figure(roc, overall["roc_auc"], names[-1])),
             "calibration": figure_uri(calibration_figure(calibration, calibration_summary, probability)),
             "curves": figure_uri(curves_figure(histories, kept)),
         }

@@ -4,13 +4,14 @@ Every value ends up in the page through the template's autoescaping, so labels a
 character. Numbers are formatted here, once, so the template only places text.
 
 A table is a dict: `head`, the column headings, and `rows`, each a dict of `cells` (strings) and `style`: "" or
-one of the template's row classes ("marked", "total", "total first").
+one of the template's row classes ("marked", "total", "total first"). Classes are shown by name (a `Namer`, from
+params data.class_names); the tables and figures the report reads keep the labels.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ import yaml
 
 from burrscope.classes import class_order, prob_column
 from burrscope.errors import DataError
-from burrscope.report.figures import thumbnail_uri
+from burrscope.report.figures import image_uri
 from burrscope.tables import METRICS, RERUN
 
 Table = dict[str, Any]
 Card = dict[str, Any]
+Namer = Callable[[str], str]  # a label -> what the report calls it
 
 
 class ParamsDumper(yaml.SafeDumper):
@@ -57,39 +59,18 @@ def table(
     }
 
 
-def headline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], model: str) -> dict[str, Any]:
-    """The pooled scores (roc_auc None if not scored), the data, the model and the exact weights it started from."""
-    overall = summary["overall"]
-    weights = sorted({(run["weights"]["name"], run["weights"]["sha256"]) for run in runs}, key=str)
-    return {
-        "accuracy": num(overall["accuracy"]),
-        "balanced_accuracy": num(overall["balanced_accuracy"]),
-        "roc_auc": num(overall["roc_auc"]) if "roc_auc" in overall else None,
-        "n_images": summary["n_images"],
-        "folds": len(runs),
-        "model": model,
-        "weights": [name + (f", sha256 {sha[:12]}" if sha else "") for name, sha in weights],
-    }
-
-
-def tiles(summary: Mapping[str, Any], folds: int) -> list[dict[str, str]]:
-    """The headline numbers, each a `label` and a `value`."""
-    overall = summary["overall"]
-    shown = [(METRICS[metric], num(overall.get(metric))) for metric in ("accuracy", "balanced_accuracy")]
-    shown += [("ROC-AUC", num(overall["roc_auc"]))] if "roc_auc" in overall else []
-    shown += [("Images", summary["n_images"]), ("Folds", folds)]
-    return [{"label": label, "value": str(value)} for label, value in shown]
-
-
 def params_text(params: Mapping[str, Any]) -> str:
     """params.yaml as this run read it, in its own layout and order."""
     return yaml.dump(dict(params), Dumper=ParamsDumper, sort_keys=False, allow_unicode=True)
 
 
-def data_tables(manifest: pd.DataFrame) -> list[Table]:
+def data_tables(manifest: pd.DataFrame, name: Namer) -> list[Table]:
     """Class counts, and the facts about the raw photos that explain surprises later (kept images only)."""
     counts = manifest["label"].value_counts()
-    classes = [[label, counts[label], f"{counts[label] / len(manifest):.0%}"] for label in class_order(counts.index)]
+    classes = [
+        [name(label), label, counts[label], f"{counts[label] / len(manifest):.0%}"]
+        for label in class_order(counts.index)
+    ]
     stems = manifest["normalised_name"].map(lambda name: Path(name).stem)
     # `collision` names the contested stem for every member of a group; all but one got a suffix.
     renamed = int(((manifest["collision"] != "") & (stems != manifest["collision"])).sum())
@@ -104,7 +85,7 @@ def data_tables(manifest: pd.DataFrame) -> list[Table]:
     ]
     if "group" in manifest.columns and (manifest["group"] != "").any():
         facts.append(["Groups (kept within one fold)", manifest.loc[manifest["group"] != "", "group"].nunique()])
-    return [table(["Class", "Images", "Share"], classes), table(["Raw photos", ""], facts)]
+    return [table(["Class", "Label", "Images", "Share"], classes), table(["Raw photos", ""], facts)]
 
 
 def skipped_table(skipped: pd.DataFrame) -> Table | None:
@@ -115,19 +96,42 @@ def skipped_table(skipped: pd.DataFrame) -> Table | None:
     return table(["Original name", "Label", "Reason"], rows)
 
 
-def folds_table(summary: Mapping[str, Any], metrics: Sequence[str]) -> Table:
-    """Per fold, then mean ± sample std over folds, then the pooled scores."""
+def folds_table(
+    summary: Mapping[str, Any],
+    metrics: Sequence[str],
+    positives: tuple[str, Mapping[str, int]] | None = None,
+    best_epochs: Sequence[int] | None = None,
+) -> Table:
+    """Per fold, then mean ± sample std over folds, then the pooled scores.
+
+    Beside the images each row rests on: `positives`, (the positive class's name, its count per fold name), for the
+    n behind recall; `best_epochs`, each fold's kept epoch when it was picked on the fold's own held-out images.
+    """
+    folds = list(summary["per_fold"])
+    extra: list[tuple[str, list[object], object]] = []  # (heading, a cell per fold, the pooled row's cell)
+    if positives is not None:
+        positive, counts = positives
+        extra.append((f"{positive} images", [counts.get(fold, 0) for fold in folds], sum(counts.values())))
+    if best_epochs is not None:
+        extra.append(("Epoch picked on held-out", list(best_epochs), ""))
     rows: list[list[object]] = [
-        [name.removeprefix("fold_"), fold["n_images"], *(num(fold.get(metric)) for metric in metrics)]
-        for name, fold in summary["per_fold"].items()
+        [
+            fold.removeprefix("fold_"),
+            summary["per_fold"][fold]["n_images"],
+            *(cells[i] for _, cells, _ in extra),
+            *(num(summary["per_fold"][fold].get(metric)) for metric in metrics),
+        ]
+        for i, fold in enumerate(folds)
     ]
     spread = [
         num(summary["mean"].get(metric)) + (f" ± {summary['std'][metric]:.3f}" if metric in summary["std"] else "")
         for metric in metrics
     ]
-    rows.append(["mean ± std", "", *spread])
-    rows.append(["pooled", summary["n_images"], *(num(summary["overall"].get(metric)) for metric in metrics)])
-    return table(["Fold", "Images", *(METRICS[metric] for metric in metrics)], rows, totals=2)
+    rows.append(["mean ± std", "", *([""] * len(extra)), *spread])
+    pooled = [num(summary["overall"].get(metric)) for metric in metrics]
+    rows.append(["pooled", summary["n_images"], *(cell for _, _, cell in extra), *pooled])
+    head = ["Fold", "Images", *(heading for heading, _, _ in extra), *(METRICS[metric] for metric in metrics)]
+    return table(head, rows, totals=2)
 
 
 def training(runs: Sequence[Mapping[str, Any]], keep: str) -> dict[str, str]:
@@ -139,7 +143,7 @@ def training(runs: Sequence[Mapping[str, Any]], keep: str) -> dict[str, str]:
     }
 
 
-def threshold_table(thresholds: pd.DataFrame, chosen: float, positive: str) -> Table:
+def threshold_table(thresholds: pd.DataFrame, chosen: float, positive: str, negative: str) -> Table:
     """Precision and recall of the positive class at each threshold, the row of `chosen` marked."""
     rows = [
         [
@@ -154,60 +158,75 @@ def threshold_table(thresholds: pd.DataFrame, chosen: float, positive: str) -> T
     ]
     marked = {i for i, value in enumerate(thresholds["threshold"]) if value == chosen}
     return table(
-        ["Threshold", "Precision", "Recall", "Flagged", f"Missed {positive}", "False alarms"], rows, marked=marked
+        ["Threshold", "Precision", "Recall", "Flagged", f"{positive} missed", f"{negative} flagged"],
+        rows,
+        marked=marked,
     )
 
 
 def mistake_cards(
-    predictions: pd.DataFrame, classes: list[str], images_dir: Path, originals: Mapping[str, str], manifest_csv: Path
+    predictions: pd.DataFrame,
+    classes: list[str],
+    images_dir: Path,
+    originals: Mapping[str, str],
+    manifest_csv: Path,
+    heatmaps: Mapping[tuple[str, str], Path],
+    name: Namer,
 ) -> list[Card]:
     """A card per misclassified image, least confident in the true class first.
 
-    Each: image (data URI), file, original, fold, label, predicted, p_true, and p_other, the probability of
-    `other`: the positive class (two classes) or the predicted one.
+    `heatmaps` maps (fold, file) to the explain stage's overlay of that held-out image. Each card: anchor (its
+    id in the page), image and heatmap (full-size data URIs; heatmap None when the explain stage, which picks
+    mistakes by the fold's most probable class, did not pick it), file, original, fold, label, predicted, p_true,
+    and p_other, the probability of `other`: the positive class (two classes) or the predicted one.
     """
     wrong = predictions[predictions["label"] != predictions["predicted"]].copy()
     wrong["p_true"] = [row[prob_column(row["label"])] for _, row in wrong.iterrows()]
     cards = []
-    for _, row in wrong.sort_values(["p_true", "file"]).iterrows():
+    for i, (_, row) in enumerate(wrong.sort_values(["p_true", "file"]).iterrows(), start=1):
         if row["file"] not in originals:
             raise DataError(f"{manifest_csv} has no entry for {row['file']!r}, which was predicted; {RERUN}.")
         other = classes[-1] if len(classes) == 2 else row["predicted"]
+        heatmap = heatmaps.get((str(row["fold"]), row["file"]))
         cards.append(
             {
-                "image": thumbnail_uri(images_dir / row["file"]),
+                "anchor": f"mistake-{i}",
+                "image": image_uri(images_dir / row["file"]),
+                "heatmap": None if heatmap is None else image_uri(heatmap),
                 "file": row["file"],
                 "original": originals[row["file"]],
                 "fold": str(row["fold"]),
-                "label": row["label"],
-                "predicted": row["predicted"],
+                "label": name(row["label"]),
+                "predicted": name(row["predicted"]),
                 "p_true": f"{row['p_true']:.3f}",
-                "other": other,
+                "other": name(other),
                 "p_other": f"{row[prob_column(other)]:.3f}",
             }
         )
     return cards
 
 
-def heatmap_cards(explained: pd.DataFrame, images_dir: Path, originals: Mapping[str, str]) -> list[Card]:
-    """A card per explained image, mistakes first, then by fold and file.
+def heatmap_cards(explained: pd.DataFrame, images_dir: Path, originals: Mapping[str, str], name: Namer) -> list[Card]:
+    """A card per explained image, by fold and file.
 
-    `explained` is the explain stage's heatmaps.csv rows of every fold, with `fold`, `path` (of the overlay),
-    `is_correct` and `p_explained` added. Each card: image and heatmap (data URIs), file, original, fold, label,
-    predicted, correct (bool), explained (the class whose heat is shown) and p_explained.
+    `explained` is the explain stage's heatmaps.csv rows (of every fold, less any the mistake cards show), with
+    `fold`, `path` (of the overlay), `is_correct` and `p_explained` added. Each card: anchor, image and heatmap
+    (full-size data URIs), file, original, fold, label, predicted, correct (bool), explained (the class whose heat
+    is shown) and p_explained.
     """
     return [
         {
-            "image": thumbnail_uri(images_dir / row.file),
-            "heatmap": thumbnail_uri(row.path),
+            "anchor": f"heatmap-{i}",
+            "image": image_uri(images_dir / row.file),
+            "heatmap": image_uri(row.path),
             "file": row.file,
             "original": originals.get(row.file, row.file),
             "fold": str(row.fold),
-            "label": row.label,
-            "predicted": row.predicted,
+            "label": name(row.label),
+            "predicted": name(row.predicted),
             "correct": bool(row.is_correct),
-            "explained": row.explained,
+            "explained": name(row.explained),
             "p_explained": f"{float(row.p_explained):.3f}",
         }
-        for row in explained.sort_values(["is_correct", "fold", "file"]).itertuples()
+        for i, row in enumerate(explained.sort_values(["is_correct", "fold", "file"]).itertuples(), start=1)
     ]

@@ -29,10 +29,12 @@ rule aggregate:
     output:
         predictions="results/aggregate/predictions.csv",
         metrics="results/aggregate/metrics.json",
+        headline="results/aggregate/headline.json",
         confusion="results/aggregate/confusion.csv",
         roc="results/aggregate/roc.csv",
         thresholds="results/aggregate/thresholds.csv",
         calibration="results/aggregate/calibration.csv",
+        history="results/aggregate/history.csv",
     params:
         tracked=tracked(*TRAINING_KEYS.values(), "split.folds", "predict.threshold"),
     log:
