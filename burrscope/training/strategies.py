@@ -12,6 +12,7 @@ Every strategy's `validation_logits` gives V x N x C logits of the held-out imag
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -126,11 +127,17 @@ class PartialFineTune(_CachedFeatures):
 
 
 class PooledFeatures(nn.Module):
-    """The backbone up to the classifier `head`'s input (pooled features), as one module."""
+    """The backbone up to the classifier `head`'s input (pooled features), as one module.
+
+    It runs a copy of the model whose head is an identity. The head is initialised anew in every fold; left in,
+    its weights would be part of this module's state, which keys the feature cache, and every fold would
+    compute the same features again (minutes per fold on 600 images on a CPU).
+    """
 
     def __init__(self, model: nn.Module, head: str) -> None:
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head = copy.deepcopy(model), head
+        self.model.set_submodule(head, nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
