@@ -65,6 +65,12 @@ class Runtime:
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
         return cls(device, amp_dtype, channels_last)
 
+    @property
+    def eval_batch(self) -> int:
+        """Images per forward pass without gradients. Large batches fill a GPU; on a CPU small ones keep the
+        activations in cache (EfficientNet-Lite0 at 224 px on 2 cores: 48 images/s at 16, 30 at 128)."""
+        return 128 if self.device.type == "cuda" else 16
+
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 

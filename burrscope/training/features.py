@@ -24,7 +24,6 @@ from torch import nn
 from burrscope.device import Runtime
 from burrscope.files import atomic_path, workspace_root
 from burrscope.models import Normalisation
-from burrscope.training.loop import EVAL_BATCH
 from burrscope.training.resume import training_code_digest
 from burrscope.views import View, apply_view
 
@@ -39,17 +38,16 @@ def cache_dir() -> Path:
 def compute(
     frozen: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: Sequence[View], runtime: Runtime
 ) -> torch.Tensor:
-    """V x N x ...: `frozen` on the model inputs of uint8 `images` under each variant, in large batches."""
+    """V x N x ...: `frozen` on the model inputs of uint8 `images` under each variant, in the runtime's batches."""
     frozen.eval()
+    batch = runtime.eval_batch
     with runtime.autocast():
         return torch.stack(
             [
                 torch.cat(
                     [
-                        frozen(
-                            runtime.inputs(apply_view(runtime.unit(images[i : i + EVAL_BATCH]), view), normalisation)
-                        )
-                        for i in range(0, len(images), EVAL_BATCH)
+                        frozen(runtime.inputs(apply_view(runtime.unit(images[i : i + batch]), view), normalisation))
+                        for i in range(0, len(images), batch)
                     ]
                 )
                 for view in variants

@@ -18,7 +18,6 @@ from torch import nn
 from burrscope.device import Runtime
 from burrscope.models import Normalisation
 
-EVAL_BATCH = 128
 WARMUP_START = 0.01  # warmup starts at lr / 100
 
 
@@ -141,13 +140,13 @@ def held_out_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[s
 def image_logits(
     model: nn.Module, images: torch.Tensor, normalisation: Normalisation, runtime: Runtime
 ) -> torch.Tensor:
-    """Logits of uint8 images, in large batches with no autograd bookkeeping."""
+    """Logits of uint8 images, in the runtime's batches, with no autograd bookkeeping."""
     model.eval()
     with runtime.autocast():
         return torch.cat(
             [
-                model(runtime.inputs(runtime.unit(images[i : i + EVAL_BATCH]), normalisation))
-                for i in range(0, len(images), EVAL_BATCH)
+                model(runtime.inputs(runtime.unit(images[i : i + runtime.eval_batch]), normalisation))
+                for i in range(0, len(images), runtime.eval_batch)
             ]
         )
 

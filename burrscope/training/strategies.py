@@ -25,7 +25,7 @@ from burrscope.params import Recipe
 from burrscope.training.augment import augment
 from burrscope.training.data import FoldData, all_images
 from burrscope.training.features import frozen_features
-from burrscope.training.loop import EVAL_BATCH, image_logits
+from burrscope.training.loop import image_logits
 from burrscope.views import View, apply_view, tta_views, views
 
 
@@ -93,7 +93,7 @@ class _CachedFeatures:
         self.train_features, self.val_features = cached_features(
             frozen, built, data, self.variants, tta_views(recipe.tta), runtime
         )
-        self.store = data.train_x.device
+        self.store, self.batch = data.train_x.device, runtime.eval_batch
         self.variant = torch.empty(0, dtype=torch.int64)
 
     def start_epoch(self, generator: torch.Generator) -> None:
@@ -112,7 +112,7 @@ class _CachedFeatures:
         tail.eval()
         return torch.stack(
             [
-                torch.cat([tail(features[i : i + EVAL_BATCH]) for i in range(0, len(features), EVAL_BATCH)])
+                torch.cat([tail(features[i : i + self.batch]) for i in range(0, len(features), self.batch)])
                 for features in (self.val_features if every_view else self.val_features[:1])
             ]
         )
