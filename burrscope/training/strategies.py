@@ -129,26 +129,19 @@ class PartialFineTune(_CachedFeatures):
 class PooledFeatures(nn.Module):
     """The backbone up to the classifier `head`'s input (pooled features), as one module.
 
-    It runs a copy of the model whose head is an identity. The head is initialised anew in every fold; left in,
-    its weights would be part of this module's state, which keys the feature cache, and every fold would
-    compute the same features again (minutes per fold on 600 images on a CPU).
+    It runs a copy of the model whose head is an identity (the head is every supported model's last layer), so
+    its output is the head's input. The head is initialised anew in every fold; left in, its weights would be
+    part of this module's state, which keys the feature cache, and every fold would compute the same features
+    again (minutes per fold on 600 images on a CPU).
     """
 
     def __init__(self, model: nn.Module, head: str) -> None:
         super().__init__()
-        self.model, self.head = copy.deepcopy(model), head
+        self.model = copy.deepcopy(model)
         self.model.set_submodule(head, nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
-        hook = self.model.get_submodule(self.head).register_forward_pre_hook(
-            lambda _, args: captured.append(args[0].float())
-        )
-        try:
-            self.model(x)
-        finally:
-            hook.remove()
-        return captured[0]
+        return self.model(x).float()
 
 
 class HeadOnly(_CachedFeatures):
