@@ -36,10 +36,11 @@ from torch import nn
 from workspace import REPO, add_set_option, assign, parse_overrides
 
 from burrscope.params import Recipe, read_params_file
-from burrscope.timing import Stopwatch
-from burrscope.training.fold import prepare, train_fold
-from burrscope.training.loop import Steps, make_optimiser, scores, train_one_epoch
+from burrscope.runlog import Stopwatch
+from burrscope.training.fold import train_fold
+from burrscope.training.loop import Steps, logit_scores, make_optimiser, train_one_epoch
 from burrscope.training.probe import LinearProbe
+from burrscope.training.setup import prepare
 from burrscope.training.strategies import STRATEGIES
 
 
@@ -51,7 +52,7 @@ def synchronise(device: torch.device) -> None:
 def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> float:
     """Seconds for the strategy's feature pass, its optimiser steps and evaluations, tensors already in memory."""
     # The images decoded and placed, the model built, outside the clock; the strategy's own work inside it.
-    setup = prepare(images_dir, folds, fold, replace(recipe, finetune="full"), Stopwatch())
+    setup = prepare(images_dir, folds, fold, replace(recipe, finetune="full"), stopwatch=Stopwatch())
     synchronise(setup.device)
     started = time.perf_counter()
     strategy = (LinearProbe if recipe.finetune == "probe" else STRATEGIES[recipe.finetune])(
@@ -59,7 +60,7 @@ def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> fl
     )
     if isinstance(strategy, LinearProbe):
         strategy.fit()
-        scores(strategy.validation_logits(None), setup.data.val_y)
+        logit_scores(strategy.validation_logits(None), setup.data.val_y)
     else:
         data, batch = setup.data, recipe.batch_size
         steps_per_epoch = math.ceil(len(data.train_x) / batch)
@@ -83,11 +84,11 @@ def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> fl
                 data.train_y,
                 order,
                 batch,
-                epoch * steps_per_epoch,
-                steps,
-                setup.runtime,
+                first_step=epoch * steps_per_epoch,
+                steps=steps,
+                runtime=setup.runtime,
             )
-            scores(strategy.validation_logits(None, every_view=False), data.val_y)  # as each epoch in a fold
+            logit_scores(strategy.validation_logits(None, every_view=False), data.val_y)  # as each epoch in a fold
     synchronise(setup.device)
     return time.perf_counter() - started
 
@@ -107,12 +108,12 @@ class PngDataset(torch.utils.data.Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
 
 
-def naive(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe, log: Path) -> float:
+def naive(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe, *, log: Path) -> float:
     from torchvision import transforms
 
     from burrscope.classes import class_order
-    from burrscope.device import select_device
-    from burrscope.models import build_model
+    from burrscope.models.device import select_device
+    from burrscope.models.factory import build_model
 
     device = select_device(recipe.device)
     classes = class_order(folds["label"])
@@ -197,7 +198,7 @@ def main() -> None:
         if not args.skip_naive:
             with tempfile.TemporaryDirectory() as tmp:
                 seconds["naive"] = naive(
-                    args.images, folds, args.fold, replace(run, finetune="full"), Path(tmp) / "naive.log"
+                    args.images, folds, args.fold, replace(run, finetune="full"), log=Path(tmp) / "naive.log"
                 )
         rate = {name: n_train * run.epochs / s for name, s in seconds.items()}
         rows.append(

@@ -21,6 +21,8 @@ import yaml
 from burrscope.errors import UserError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.json")
+# predict.final's one allowed entry, and the train stage's fold argument for the final model, trained on every image.
+FINAL_ITEM = "all"
 PARAMS_PATH = Path("params.yaml")
 
 # Recipe field -> its dotted key in params.yaml, in the order dvc.yaml lists them.

@@ -1,4 +1,8 @@
-"""The CSV tables stages hand to each other: their shared columns, and one careful reader."""
+"""What stages hand to each other: the files in their output folders, the columns of their tables, one careful reader.
+
+The folders themselves are the pipeline's (burrscope.pipeline.graph, which dvc.yaml and the Snakefile are made from);
+the names of the files inside them are here, for the stage that writes them and every stage that reads them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,22 @@ from pathlib import Path
 import pandas as pd
 
 from burrscope.errors import DataError
+
+# A fold's training outputs (results/train/fold_<k>/); the final model, trained on every image, has no predictions.
+MODEL, PREDICTIONS, FOLD_METRICS, HISTORY = "model.pt", "predictions.csv", "metrics.json", "history.csv"
+FOLD_FILES = (MODEL, PREDICTIONS, FOLD_METRICS, HISTORY)
+FINAL_FILES = (MODEL, FOLD_METRICS, HISTORY)
+FINAL_MODEL_DIR = "final"  # the final model's folder beside fold_<k>/, and its MLflow run's name
+CHECKPOINT = "checkpoint.pt"  # a fold's resume point, deleted once its outputs are written
+HEATMAPS = "heatmaps.csv"  # the explain stage's table beside its overlay PNGs
+# The aggregate stage's outputs: the summary, the headline that DVC lists, the pooled predictions, and the data of
+# each plot (`dvc plots show`, the report).
+SUMMARY, HEADLINE = "metrics.json", "headline.json"
+CONFUSION, ROC, THRESHOLDS, CALIBRATION, POOLED_HISTORY = (
+    "confusion.csv", "roc.csv", "thresholds.csv", "calibration.csv", "history.csv"
+)  # fmt: skip
+# The export stage's files.
+TORCHSCRIPT, ONNX, EXPORT_SUMMARY = "model.ts", "model.onnx", "export.json"
 
 # The normalise stage's manifest; a labelled `group` column follows when the labels CSV has one.
 MANIFEST_COLUMNS = [

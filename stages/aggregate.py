@@ -11,8 +11,10 @@ import argparse
 from pathlib import Path
 
 from burrscope.errors import user_errors
-from burrscope.metrics import aggregate, format_summary, load_histories, load_predictions, parent_metrics, write_outputs
+from burrscope.evaluation.pooled import load_histories, load_predictions
+from burrscope.evaluation.summary import aggregate, format_summary, write_aggregate_outputs
 from burrscope.params import load_params
+from burrscope.tables import POOLED_HISTORY
 
 
 def main() -> None:
@@ -25,13 +27,16 @@ def main() -> None:
         params = load_params()
         pooled, classes = load_predictions(args.folds_csv, args.train_dir, params.folds)
         pooled, summary, tables = aggregate(pooled, classes, params.folds, params.predict.threshold)
-        tables["history"] = load_histories(args.train_dir, params.folds)
-        outputs = write_outputs(args.out_dir, pooled, summary, tables)
+        tables[POOLED_HISTORY] = load_histories(args.train_dir, params.folds)
+        outputs = write_aggregate_outputs(args.out_dir, pooled, summary, tables)
     print(format_summary(summary, params.folds))
 
-    from burrscope.parent_run import log_aggregate  # imports mlflow: only once the metrics are safely written
+    # Imports mlflow: only once the metrics are safely written.
+    from burrscope.tracking.parent_run import log_aggregate, parent_metrics
 
-    parent, status = log_aggregate(params.recipe, args.folds_csv, parent_metrics(summary), outputs, args.out_dir)
+    parent, status = log_aggregate(
+        params.recipe, args.folds_csv, parent_metrics(summary), outputs, aggregate_dir=args.out_dir
+    )
     if status == "ok":
         print(
             f"MLflow: logged to parent run {parent}"

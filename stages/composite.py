@@ -6,9 +6,9 @@ import argparse
 from functools import partial
 from pathlib import Path
 
+from burrscope.data.folders import map_folder
+from burrscope.data.images import composite_on_background
 from burrscope.errors import user_errors
-from burrscope.folders import map_folder
-from burrscope.images import composite_on_background
 from burrscope.params import load_params
 
 # Only the resize stage reads these: at zlib level 1 they are written and read back about 3x faster than at

@@ -9,13 +9,13 @@ import argparse
 from pathlib import Path
 
 from burrscope.classes import prob_column
-from burrscope.device import pin_cpu_numerics
 from burrscope.errors import DataError, user_errors
-from burrscope.explain import explain_fold
-from burrscope.inference import load_ensemble
+from burrscope.inference.ensemble import load_ensemble
+from burrscope.inference.explain import explain_fold
+from burrscope.models.device import pin_cpu_numerics
+from burrscope.models.tensors import load_images
 from burrscope.params import load_params
 from burrscope.tables import PREDICTION_COLUMNS, RERUN, read_table
-from burrscope.tensors import load_images
 
 
 def main() -> None:
@@ -39,10 +39,10 @@ def main() -> None:
             images,
             ensemble.normalisation,
             table,
-            ensemble.classes,
-            params.explain_correct,
-            args.out_dir,
-            params.seed + fold,
+            classes=ensemble.classes,
+            correct=params.explain_correct,
+            out_dir=args.out_dir,
+            seed=params.seed + fold,
         )
     print(f"explain: {len(explained)} heatmaps of fold {fold} -> {args.out_dir}")
 

@@ -2,7 +2,7 @@
 
 Both files are checked against PyTorch before anything is written. MLflow comes after the files: a tracking
 failure is a warning recorded in export.json, never a lost export. The registered MLflow model takes raw image
-file bytes and applies the training preprocessing itself (burrscope.serving).
+file bytes and applies the training preprocessing itself (burrscope.inference.serving).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from burrscope.errors import user_errors
-from burrscope.export import ONNX, TORCHSCRIPT, parity_images, write_exports
-from burrscope.inference import chosen_checkpoints, load_ensemble
+from burrscope.inference.ensemble import chosen_checkpoints, load_ensemble
+from burrscope.inference.export import parity_images, write_exports
 from burrscope.params import load_params
-from burrscope.registry import register
+from burrscope.tables import ONNX, TORCHSCRIPT
+from burrscope.tracking.registry import register
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
         ensemble = load_ensemble(chosen_checkpoints(args.train_dir, params.predict.final))
         images = parity_images(args.folds_csv, args.images_dir, ensemble.img_size)
         summary = write_exports(ensemble, images, params.predict.threshold, args.out_dir)
-    summary = register(summary, args.out_dir, images, params, args.folds_csv)
+    summary = register(summary, args.out_dir, images, params, folds_csv=args.folds_csv)
     parity = ", ".join(f"{name} {diff:.2g}" for name, diff in summary["parity"]["max_abs_diff"].items())
     registered = summary["mlflow"].get("registered_model_uri") or "not registered"
     print(

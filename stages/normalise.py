@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from burrscope.data.manifest import normalise_folder
 from burrscope.errors import user_errors
-from burrscope.manifest import normalise_folder
 from burrscope.params import load_params
 
 
@@ -21,7 +21,12 @@ def main() -> None:
     with user_errors():
         data = load_params().data
         manifest = normalise_folder(
-            args.raw_dir, args.labels_csv, args.out_dir, args.manifest_csv, data.on_bad_image, data.classes
+            args.raw_dir,
+            args.labels_csv,
+            args.out_dir,
+            args.manifest_csv,
+            on_bad_image=data.on_bad_image,
+            classes=data.classes,
         )
     skipped = manifest[manifest.skipped != ""]
     for row in skipped.itertuples():

@@ -1,6 +1,6 @@
 """Predict new parts with the trained models: raw cut-outs in, one row of class probabilities per image out.
 
-Exactly the training preprocessing is applied (burrscope.inference), with the settings stored in the
+Exactly the training preprocessing is applied (burrscope.inference.ensemble), with the settings stored in the
 checkpoints; the fold models' probabilities are averaged (params `predict.final: [all]` uses the final model).
 `agreement` is the fraction of models whose own decision is the ensemble's. `--explain DIR` writes each
 image's Grad-CAM heatmap (averaged over the models) over its padded model input as a PNG in DIR.
@@ -13,11 +13,18 @@ import sys
 from pathlib import Path
 
 from burrscope.console import positive_int, progress_bar
-from burrscope.device import select_device
 from burrscope.errors import user_errors
-from burrscope.explain import explain_paths, overlay_writer
 from burrscope.files import write_text_atomic
-from burrscope.inference import BATCH, chosen_checkpoints, collect_images, load_ensemble, predict, valid_threshold
+from burrscope.inference.ensemble import (
+    BATCH,
+    chosen_checkpoints,
+    collect_images,
+    load_ensemble,
+    predict,
+    valid_threshold,
+)
+from burrscope.inference.explain import explain_paths, overlay_writer
+from burrscope.models.device import select_device
 from burrscope.params import load_params
 
 

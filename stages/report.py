@@ -13,6 +13,8 @@ from burrscope.errors import user_errors
 from burrscope.files import write_text_atomic
 from burrscope.params import load_params
 from burrscope.report.build import build_report
+from burrscope.report.inputs import ReportInputs
+from burrscope.tables import PREDICTIONS
 
 
 def main() -> None:
@@ -26,15 +28,14 @@ def main() -> None:
     args = parser.parse_args()
     with user_errors():
         params = load_params()
-        page = build_report(
-            args.manifest_csv, args.images_dir, args.train_dir, args.explain_dir, args.aggregate_dir, params.raw
-        )
+        inputs = ReportInputs(args.manifest_csv, args.images_dir, args.train_dir, args.explain_dir, args.aggregate_dir)
+        page = build_report(inputs, params.raw)
         write_text_atomic(args.report_html, page)
     print(f"report: {args.report_html} ({len(page.encode()) / 1e6:.1f} MB)")
 
-    from burrscope.parent_run import log_report  # imports mlflow: only once the report is safely written
+    from burrscope.tracking.parent_run import log_report  # imports mlflow: only once the report is safely written
 
-    parent, status = log_report(params.recipe, args.aggregate_dir / "predictions.csv", [args.report_html])
+    parent, status = log_report(params.recipe, args.aggregate_dir / PREDICTIONS, [args.report_html])
     if status == "ok":
         print(f"MLflow: report logged to parent run {parent}" if parent else "MLflow: no parent run found; not logged")
 

@@ -6,9 +6,9 @@ import argparse
 from functools import partial
 from pathlib import Path
 
+from burrscope.data.folders import map_folder
+from burrscope.data.images import prepare_input
 from burrscope.errors import user_errors
-from burrscope.folders import map_folder
-from burrscope.images import prepare_input
 from burrscope.params import load_params
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from burrscope.data.split import split
 from burrscope.errors import user_errors
 from burrscope.params import load_params
-from burrscope.split import split
 
 
 def main() -> None:

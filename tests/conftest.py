@@ -1,14 +1,21 @@
-"""Fixtures the test modules share, and the rule that marks every test `unit`, `cli` or `e2e`.
+"""Fixtures the test modules share, the services the `cluster` tests start, and the rule that marks every test.
 
 Markers (registered in pyproject.toml): a module or test that runs DVC or Snakemake end to end is marked `e2e`,
-one that runs a stage's command line (`python -m stages.<name>` in a subprocess, or the stage's main() in this
-process) is marked `cli`, both by hand; every other test is `unit`, added below. So `pytest -m unit` is the
-quick in-process suite and `pytest -m "not e2e"` everything but the minutes-long pipeline runs.
+one that runs a command line (`python -m stages.<name>` or its main(), `mlflow ui`) is marked `cli`, both by
+hand, and one that starts system services `cluster`; every other test is `unit`, added below. So `pytest -m unit`
+is the quick in-process suite and `pytest -m "not e2e"` everything but the minutes-long pipeline runs.
+
+The services come up once per test session through the repository's own scripts (which install their Debian
+packages when missing), and only as root; without root the `cluster` tests are skipped with one line that says how
+to run them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import getpass
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,22 +24,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO, SCRIPTS, Server, Sshd, free_port, make_project, merged, output, run, user_env
 from PIL import Image
 
-from burrscope.folders import map_folder
-from burrscope.images import RGB, composite_on_background, prepare_input
-from burrscope.params import Params, validate_params
+from burrscope.data.folders import map_folder
+from burrscope.data.images import RGB, composite_on_background, prepare_input
+from burrscope.params import Params, Recipe, validate_params
 from burrscope.training.features import CACHE_ENV
 from stages.composite import PNG_LEVEL
 
-REPO = Path(__file__).resolve().parents[1]
 # What makes the repository's params.yaml tiny: two short epochs on 32 px inputs, on the CPU.
 TINY = {"epochs": 2, "batch_size": 4, "resize": {"img_size": 32}, "train": {"device": "cpu"}}
+ROOT_NEEDED = (
+    "the cluster tests start SLURM, PostgreSQL and sshd, which needs root: run them with "
+    "`sudo .venv/bin/pytest -m cluster`"
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("cli") is None and item.get_closest_marker("e2e") is None:
+        if not any(item.get_closest_marker(name) for name in ("cli", "e2e", "cluster")):
             item.add_marker(pytest.mark.unit)
 
 
@@ -40,14 +51,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def own_feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test its own frozen-feature cache (burrscope/training/features.py), so none finds another's entries."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("feature-cache")))
-
-
-def merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `changes` applied; a nested mapping changes only the keys it names."""
-    result = dict(base)
-    for key, value in changes.items():
-        result[key] = merged(base[key], value) if isinstance(value, Mapping) and key in base else value
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +65,22 @@ def tiny_params() -> Callable[..., Params]:
         return Params.from_mapping(validate_params(merged(merged(params, TINY), changes)))
 
     return make
+
+
+@pytest.fixture
+def recipe(tiny_params: Callable[..., Params]) -> Recipe:
+    return tiny_params().recipe
+
+
+@pytest.fixture
+def tracked_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder to track into (its own mlflow.db, as a fresh workspace has), with a two-fold folds.csv and
+    none of the caller's MLflow or DVC settings."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "folds.csv").write_text("file,label,fold\na.png,0,0\nb.png,1,0\nc.png,0,1\nd.png,1,1\n")
+    return tmp_path
 
 
 class Notch(NamedTuple):
@@ -106,7 +125,7 @@ def composite_folder() -> Callable[..., int]:
 
     def composite(in_dir: Path, out_dir: Path, background: RGB, workers: int | None = None) -> int:
         transform = partial(composite_on_background, background=background)
-        return map_folder(in_dir, out_dir, transform, PNG_LEVEL, workers)
+        return map_folder(in_dir, out_dir, transform, PNG_LEVEL, workers=workers)
 
     return composite
 
@@ -115,7 +134,7 @@ def composite_folder() -> Callable[..., int]:
 def resize_folder() -> Callable[..., int]:
     """The resize stage's work on a folder: `(in_dir, out_dir, background, img_size, workers=None)` -> images."""
 
-    def resize(in_dir: Path, out_dir: Path, background: RGB, img_size: int, workers: int | None = None) -> int:
+    def resize(in_dir: Path, out_dir: Path, background: RGB, img_size: int, *, workers: int | None = None) -> int:
         transform = partial(prepare_input, background=background, img_size=img_size)
         return map_folder(in_dir, out_dir, transform, workers=workers)
 
@@ -132,3 +151,55 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project (helpers.make_project) after one `dvc repro`, its results committed; `repro.log` beside it
+    holds what the run printed. Tests only read it: one that changes it works on a copy (helpers.copy_project)."""
+    root = make_project(tmp_path_factory.mktemp("pipeline") / "project")
+    env = user_env(root)
+    (root.parent / "repro.log").write_text(output(["dvc", "repro"], root, env))
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "pipeline run"], root, env)
+    return root
+
+
+# ---------------------------------------------------------------- services of the `cluster` tests
+
+
+@contextmanager
+def service(script: str, *args: str) -> Iterator[None]:
+    """A service started with `scripts/<script> start ARGS` and, unless it was already up, stopped afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_NEEDED)
+    path, env = str(SCRIPTS / script), user_env(REPO)
+    was_up = run(["bash", path, "status", *args], REPO, env, check=False).returncode == 0
+    run(["bash", path, "start", *args], REPO, env, timeout=900)
+    try:
+        yield
+    finally:
+        if not was_up:
+            run(["bash", path, "stop", *args], REPO, env, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    """scripts/local_slurm.sh: munged, MariaDB, slurmdbd, slurmctld and slurmd on this machine."""
+    with service("local_slurm.sh"):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[Server]:
+    port = free_port()
+    with service("mlflow_server.sh", str(port)):
+        yield Server(port)
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    folder, port = tmp_path_factory.mktemp("sshd") / "server", free_port()
+    with service("ssh_server.sh", str(folder), str(port)):
+        home = tmp_path_factory.mktemp("ssh-client-home")
+        yield Sshd(port, getpass.getuser(), folder / "client_ed25519", home)

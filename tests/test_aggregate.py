@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 
 from burrscope.errors import DataError
-from burrscope.metrics import aggregate, load_histories, load_predictions, threshold_table, write_outputs
-from burrscope.tables import HEADLINE_METRICS, POOLED_HISTORY_COLUMNS
+from burrscope.evaluation.curves import threshold_table
+from burrscope.evaluation.pooled import load_histories, load_predictions
+from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
+from burrscope.tables import CALIBRATION, HEADLINE_METRICS, POOLED_HISTORY_COLUMNS, THRESHOLDS
 from stages.aggregate import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Two folds of four. Positive class "1". Worked by hand:
 #   fold 0: TP c,d  FP b  TN a         -> acc .75, bal .75, P 2/3, R 1, F1 .8, AUC 4/4 pairs = 1
@@ -82,7 +83,7 @@ def run_aggregate(root: Path, predictions: pd.DataFrame, folds: int = 2, thresho
     folds_csv, train_dir = fake_run(root, predictions)
     pooled, classes = load_predictions(folds_csv, train_dir, folds)
     pooled, summary, tables = aggregate(pooled, classes, folds, threshold)
-    write_outputs(root / "out", pooled, summary, tables)
+    write_aggregate_outputs(root / "out", pooled, summary, tables)
     return summary
 
 
@@ -299,8 +300,8 @@ def test_multiclass_calibration_uses_top_probability(tmp_path: Path) -> None:
         }
     )
     _, summary, tables = aggregate(table, ["x", "y", "z"], 2, 0.5)
-    assert summary["threshold"] is None and tables["thresholds"].empty
-    assert tables["calibration"][["mean_predicted", "fraction_positive"]].to_numpy().tolist() == [
+    assert summary["threshold"] is None and tables[THRESHOLDS].empty
+    assert tables[CALIBRATION][["mean_predicted", "fraction_positive"]].to_numpy().tolist() == [
         [0.5, 0.0],
         [0.9, 1.0],
     ]

@@ -16,19 +16,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 from PIL import Image
 
+from burrscope.data.folders import list_images
+from burrscope.data.images import MAX_PAD_SIDE, pad_to_square, prepare_input, resize_square
+from burrscope.data.labels import read_labels
+from burrscope.data.manifest import build_manifest, normalise_folder
+from burrscope.data.split import assign_folds, fold_table
 from burrscope.errors import DataError
 from burrscope.files import sha256_file
-from burrscope.folders import list_images
-from burrscope.images import MAX_PAD_SIDE, pad_to_square, prepare_input, resize_square
-from burrscope.labels import read_labels
-from burrscope.manifest import build_manifest, normalise_folder
 from burrscope.params import ParamsError, validate_params
-from burrscope.split import assign_folds, fold_table
 from burrscope.tables import MANIFEST_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
 BG = (0, 0, 0)
 
 
@@ -271,7 +271,7 @@ def test_unusual_valid_images_pass_every_data_stage(
 def test_long_strip_keeps_memory_small_and_stays_whole() -> None:
     # 20000x200: padding it to a square first would take 20000 * 20000 * 3 bytes = 1.2 GB.
     code = (
-        "import re; from PIL import Image; from burrscope.images import prepare_input\n"
+        "import re; from PIL import Image; from burrscope.data.images import prepare_input\n"
         "img = Image.new('RGB', (20000, 200), (255, 255, 255))\n"
         "out = prepare_input(img, (0, 0, 0), 224)\n"
         "row = [out.getpixel((x, 112))[0] for x in (0, 112, 223)]\n"

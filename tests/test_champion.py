@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
-import pytest
 from mlflow.tracking import MlflowClient
 
-from burrscope.champion import CHAMPION, PIPELINE_RUN_TAG, RANKED_BY, describe, settle
-from burrscope.fold_run import FoldRun
-from burrscope.models import Weights
-from burrscope.params import Params, Recipe
-from burrscope.parent_run import log_aggregate
-from burrscope.registry import log_export
-from burrscope.tracking import PARENT_RUN_TAG, connect
+from burrscope.models.factory import Weights
+from burrscope.params import Recipe
+from burrscope.tracking.champion import CHAMPION, PIPELINE_RUN_TAG, RANKED_BY, describe, settle
+from burrscope.tracking.fold_run import FoldRun
+from burrscope.tracking.parent_run import log_aggregate
+from burrscope.tracking.registry import log_export
+from burrscope.tracking.store import PARENT_RUN_TAG, connect
 
 NAME = "burrscope-test"
 FOLDS = 2
@@ -31,39 +29,25 @@ class Echo(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    (tmp_path / "folds.csv").write_text("file,label,fold\na.png,0,0\nb.png,1,0\nc.png,0,1\nd.png,1,1\n")
-    return tmp_path
+def client_of(tracked_workspace: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
 
 
-@pytest.fixture
-def recipe(tiny_params: Callable[..., Params]) -> Recipe:
-    return tiny_params().recipe
-
-
-def client_of(workspace: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-
-
-def pipeline_run(recipe: Recipe, workspace: Path, balanced_accuracy: float | None) -> str:
+def pipeline_run(recipe: Recipe, tracked_workspace: Path, balanced_accuracy: float | None) -> str:
     """A parent with one trained fold, summarised by aggregate (unless None: aggregate has not run); its id."""
-    with FoldRun(recipe, FOLDS, workspace / "folds.csv", 0) as run:
+    with FoldRun(recipe, FOLDS, tracked_workspace / "folds.csv", 0) as run:
         run.finish(Weights("w", None, None), [])
     if balanced_accuracy is None:
-        return client_of(workspace).get_run(run.run_id).data.tags[PARENT_RUN_TAG]
+        return client_of(tracked_workspace).get_run(run.run_id).data.tags[PARENT_RUN_TAG]
     metrics = {RANKED_BY: balanced_accuracy, "oof_roc_auc": 0.9, "oof_missed": 2.0}
-    parent, status = log_aggregate(recipe, workspace / "folds.csv", metrics, [])
+    parent, status = log_aggregate(recipe, tracked_workspace / "folds.csv", metrics, [])
     assert status == "ok" and parent
     return parent
 
 
-def version_of(workspace: Path, parent_id: str) -> str:
+def version_of(tracked_workspace: Path, parent_id: str) -> str:
     """A registered version of NAME from an export run under `parent_id`, tagged as the export stage tags it."""
-    client = client_of(workspace)
+    client = client_of(tracked_workspace)
     if not client.search_registered_models(f"name = '{NAME}'"):
         client.create_registered_model(NAME)
     run = client.create_run(connect("burrscope").experiment_id, run_name="export", tags={PARENT_RUN_TAG: parent_id})
@@ -71,22 +55,22 @@ def version_of(workspace: Path, parent_id: str) -> str:
     return client.create_model_version(NAME, "mlflow-artifacts:/x", run.info.run_id, tags=tags).version
 
 
-def champion(workspace: Path) -> str:
-    return client_of(workspace).get_model_version_by_alias(NAME, CHAMPION).version
+def champion(tracked_workspace: Path) -> str:
+    return client_of(tracked_workspace).get_model_version_by_alias(NAME, CHAMPION).version
 
 
 def test_the_first_version_with_figures_becomes_champion_and_a_worse_one_does_not(
-    workspace: Path, recipe: Recipe
+    tracked_workspace: Path, recipe: Recipe
 ) -> None:
-    client = client_of(workspace)
-    first = version_of(workspace, pipeline_run(recipe, workspace, 0.80))
-    assert settle(client, NAME, first) and champion(workspace) == first
-    worse = version_of(workspace, pipeline_run(dataclass_lr(recipe, 0.002), workspace, 0.75))
-    assert not settle(client, NAME, worse) and champion(workspace) == first
-    tie = version_of(workspace, pipeline_run(dataclass_lr(recipe, 0.003), workspace, 0.80))
-    assert not settle(client, NAME, tie) and champion(workspace) == first  # a tie keeps the champion
-    better = version_of(workspace, pipeline_run(dataclass_lr(recipe, 0.004), workspace, 0.85))
-    assert settle(client, NAME, better) and champion(workspace) == better
+    client = client_of(tracked_workspace)
+    first = version_of(tracked_workspace, pipeline_run(recipe, tracked_workspace, 0.80))
+    assert settle(client, NAME, first) and champion(tracked_workspace) == first
+    worse = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.002), tracked_workspace, 0.75))
+    assert not settle(client, NAME, worse) and champion(tracked_workspace) == first
+    tie = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.003), tracked_workspace, 0.80))
+    assert not settle(client, NAME, tie) and champion(tracked_workspace) == first  # a tie keeps the champion
+    better = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.004), tracked_workspace, 0.85))
+    assert settle(client, NAME, better) and champion(tracked_workspace) == better
     assert client.get_model_version(NAME, worse).tags[f"cv.{RANKED_BY}"] == "0.75"
 
 
@@ -97,34 +81,34 @@ def dataclass_lr(recipe: Recipe, lr: float) -> Recipe:
     return dataclasses.replace(recipe, lr=lr)
 
 
-def test_a_version_without_figures_never_takes_the_alias_and_says_why(workspace: Path, recipe: Recipe) -> None:
-    client = client_of(workspace)
-    version = version_of(workspace, pipeline_run(recipe, workspace, None))
+def test_a_version_without_figures_never_takes_the_alias_and_says_why(tracked_workspace: Path, recipe: Recipe) -> None:
+    client = client_of(tracked_workspace)
+    version = version_of(tracked_workspace, pipeline_run(recipe, tracked_workspace, None))
     assert not settle(client, NAME, version)
     assert not client.get_registered_model(NAME).aliases
     assert "not logged yet" in client.get_model_version(NAME, version).description
 
 
-def test_a_champion_chosen_by_hand_without_figures_is_kept(workspace: Path, recipe: Recipe) -> None:
-    client = client_of(workspace)
-    by_hand = version_of(workspace, pipeline_run(recipe, workspace, None))
+def test_a_champion_chosen_by_hand_without_figures_is_kept(tracked_workspace: Path, recipe: Recipe) -> None:
+    client = client_of(tracked_workspace)
+    by_hand = version_of(tracked_workspace, pipeline_run(recipe, tracked_workspace, None))
     client.set_registered_model_alias(NAME, CHAMPION, by_hand)
-    measured = version_of(workspace, pipeline_run(dataclass_lr(recipe, 0.002), workspace, 0.99))
-    assert not settle(client, NAME, measured) and champion(workspace) == by_hand
+    measured = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.002), tracked_workspace, 0.99))
+    assert not settle(client, NAME, measured) and champion(tracked_workspace) == by_hand
 
 
-def test_aggregate_after_export_settles_the_version_export_registered(workspace: Path, recipe: Recipe) -> None:
+def test_aggregate_after_export_settles_the_version_export_registered(tracked_workspace: Path, recipe: Recipe) -> None:
     """Export does not wait for aggregate: the version it registered gets its figures and alias when they exist."""
-    parent = pipeline_run(recipe, workspace, None)
-    version = version_of(workspace, parent)
-    settle(client_of(workspace), NAME, version)  # what export does: no figures yet
+    parent = pipeline_run(recipe, tracked_workspace, None)
+    version = version_of(tracked_workspace, parent)
+    settle(client_of(tracked_workspace), NAME, version)  # what export does: no figures yet
     metrics = {RANKED_BY: 0.9, "oof_roc_auc": 0.95, "oof_missed": 1.0, "oof_false_alarms": 3.0}
-    assert log_aggregate(recipe, workspace / "folds.csv", metrics, []) == (parent, "ok")
-    registered = client_of(workspace).get_model_version(NAME, version)
+    assert log_aggregate(recipe, tracked_workspace / "folds.csv", metrics, []) == (parent, "ok")
+    registered = client_of(tracked_workspace).get_model_version(NAME, version)
     assert "balanced accuracy 0.900, ROC-AUC 0.950; at the threshold: 1 burrs missed, 3 false alarms" in (
         registered.description
     )
-    assert champion(workspace) == version
+    assert champion(tracked_workspace) == version
 
 
 def test_the_description_says_what_the_model_takes_and_returns_and_how_it_was_trained() -> None:
@@ -136,14 +120,23 @@ def test_the_description_says_what_the_model_takes_and_returns_and_how_it_was_tr
 
 
 def test_the_export_run_logs_parity_as_metrics_no_params_but_the_model_config_and_a_described_version(
-    workspace: Path, recipe: Recipe
+    tracked_workspace: Path, recipe: Recipe
 ) -> None:
-    parent = pipeline_run(recipe, workspace, 0.9)
+    parent = pipeline_run(recipe, tracked_workspace, 0.9)
     model = {"python_model": Echo(), "pip_requirements": ["mlflow"], "model_config": {"threshold": 0.5}}
     parity = {"model.ts": 0.0, "model.onnx": 3e-7}
-    outcome = log_export(recipe, FOLDS, workspace / "folds.csv", NAME, model, {"export.model.ts": "ab"}, parity, CARD)
+    outcome = log_export(
+        recipe,
+        FOLDS,
+        tracked_workspace / "folds.csv",
+        NAME,
+        model=model,
+        tags={"export.model.ts": "ab"},
+        parity=parity,
+        card=CARD,
+    )
     assert outcome["status"] == "ok" and outcome["champion"] is True and outcome["parent_run_id"] == parent
-    client = client_of(workspace)
+    client = client_of(tracked_workspace)
     run = client.get_run(outcome["run_id"])
     assert run.data.metrics == {"parity/model.ts": 0.0, "parity/model.onnx": 3e-7}
     assert run.data.params == {"threshold": "0.5"}  # MLflow's record of the model config; the recipe is the parent's
@@ -152,17 +145,19 @@ def test_the_export_run_logs_parity_as_metrics_no_params_but_the_model_config_an
     assert version.tags[PIPELINE_RUN_TAG] == parent and version.tags["folds"] == "2"
     assert version.tags[f"cv.{RANKED_BY}"] == "0.9" and "git_commit" in version.tags
     assert version.description.startswith("Takes raw image files")
-    assert champion(workspace) == outcome["version"]
+    assert champion(tracked_workspace) == outcome["version"]
 
 
 def test_an_export_without_a_pipeline_run_is_registered_and_described_but_never_champion(
-    workspace: Path, recipe: Recipe
+    tracked_workspace: Path, recipe: Recipe
 ) -> None:
     """E.g. `dvc exp run` reusing cached folds: the experiment's name makes a pipeline key no parent carries."""
     model = {"python_model": Echo(), "pip_requirements": ["mlflow"]}
-    outcome = log_export(recipe, FOLDS, workspace / "folds.csv", NAME, model, {}, {"model.ts": 0.0}, CARD)
+    outcome = log_export(
+        recipe, FOLDS, tracked_workspace / "folds.csv", NAME, model=model, tags={}, parity={"model.ts": 0.0}, card=CARD
+    )
     assert outcome["status"] == "ok" and outcome["parent_run_id"] is None and outcome["champion"] is False
-    version = client_of(workspace).get_model_version(NAME, outcome["version"])
+    version = client_of(tracked_workspace).get_model_version(NAME, outcome["version"])
     assert PIPELINE_RUN_TAG not in version.tags
     assert "Exported outside a tracked pipeline run" in version.description
     assert "not logged yet" not in version.description

@@ -109,7 +109,10 @@ def test_parallel_stages_write_exactly_the_serial_files(
 ) -> None:
     for workers in (1, 2):
         assert composite_folder(many, tmp_path / f"comp{workers}", (255, 0, 255), workers=workers) == 18
-        assert resize_folder(tmp_path / f"comp{workers}", tmp_path / f"out{workers}", (255, 0, 255), 24, workers) == 18
+        assert (
+            resize_folder(tmp_path / f"comp{workers}", tmp_path / f"out{workers}", (255, 0, 255), 24, workers=workers)
+            == 18
+        )
     assert folder_bytes(tmp_path / "comp1") == folder_bytes(tmp_path / "comp2")
     assert folder_bytes(tmp_path / "out1") == folder_bytes(tmp_path / "out2")
     assert len(set(folder_bytes(tmp_path / "out1").values())) == 18  # not 18 copies of one image

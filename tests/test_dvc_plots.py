@@ -13,12 +13,12 @@ import pandas as pd
 import yaml
 from configobj import ConfigObj
 from dvc_render.vega_templates import TEMPLATES
+from helpers import REPO
 from test_aggregate import TOY, fake_run, run_aggregate
 
-from burrscope.metrics import load_histories
+from burrscope.evaluation.pooled import load_histories
 from burrscope.tables import POOLED_HISTORY_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PLOTS_DIR = REPO / ".dvc" / "plots"
 # (template, x, y) of every plot: curves joined point to point (`simple` or one of .dvc/plots/), never smoothed as

@@ -1,8 +1,8 @@
 """A shared DVC remote over SSH (dvc-ssh) and a git remote, as a team shares one pipeline's results.
 
-A throwaway sshd (Debian's openssh-server) on 127.0.0.1 serves the DVC remote, with a key made for the test; a bare
-git repo on disk is the git remote. One clone runs the tiny pipeline and pushes code, outputs and run cache; a fresh
-clone pulls them and has nothing left to run. Then one experiment travels the same way with `dvc exp push/pull`.
+scripts/ssh_server.sh's sshd on 127.0.0.1 serves the DVC remote, with a key made for it; a bare git repo on disk is
+the git remote. One clone holding the tiny pipeline's run pushes code, outputs and run cache; a fresh clone pulls
+them and has nothing left to run. Then one experiment travels the same way with `dvc exp push/pull`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from scale_out import Sshd, make_project, run, throwaway_sshd, user_env
+from helpers import Sshd, copy_project, run, user_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -53,25 +53,22 @@ def metrics(root: Path, env: dict[str, str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Shared:
-    base = tmp_path_factory.mktemp("dvc_remote")
-    with throwaway_sshd(base / "sshd") as sshd:
-        origin = base / "origin.git"
-        run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base)
-        first = make_project(base / "first")
-        team = Shared(sshd, origin, first)
-        env = team.env(first)
-        storage = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{base / 'storage'}"
-        run(["dvc", "remote", "add", "-d", REMOTE, storage], first, env)
-        run(["dvc", "remote", "modify", "--local", REMOTE, "keyfile", str(sshd.keyfile)], first, env)
-        run(["dvc", "repro"], first, env)
-        run(["git", "add", "-A"], first, env)
-        run(["git", "commit", "-q", "-m", "pipeline run, remote storage"], first, env)
-        run(["git", "remote", "add", "origin", str(origin)], first, env)
-        run(["git", "push", "-q", "origin", "main"], first, env)
-        pushed = run(["dvc", "push", "--run-cache"], first, env).stdout
-        assert "pushed" in pushed, pushed
-        yield team
+def shared(ssh_server: Sshd, pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Shared:
+    base, sshd = tmp_path_factory.mktemp("dvc_remote"), ssh_server
+    origin = base / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base)
+    first = copy_project(pipeline_run, base / "first")  # its outputs are made and committed
+    team = Shared(sshd, origin, first)
+    env = team.env(first)
+    storage = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{base / 'storage'}"
+    run(["dvc", "remote", "add", "-d", REMOTE, storage], first, env)
+    run(["dvc", "remote", "modify", "--local", REMOTE, "keyfile", str(sshd.keyfile)], first, env)
+    run(["git", "commit", "-q", "-am", "remote storage"], first, env)
+    run(["git", "remote", "add", "origin", str(origin)], first, env)
+    run(["git", "push", "-q", "origin", "main"], first, env)
+    pushed = run(["dvc", "push", "--run-cache"], first, env).stdout
+    assert "pushed" in pushed, pushed
+    yield team
 
 
 def test_a_fresh_clone_pulls_every_output_and_reproduces_nothing(shared: Shared, tmp_path: Path) -> None:

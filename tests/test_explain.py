@@ -13,9 +13,8 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from burrscope import models
-from burrscope.explain import (
-    HEATMAPS_CSV,
+from burrscope.data.naming import png_names
+from burrscope.inference.explain import (
     confidence_weighted,
     ensemble_gradcam,
     explain_fold,
@@ -24,8 +23,9 @@ from burrscope.explain import (
     overlay,
     target_layer,
 )
-from burrscope.models import Normalisation, build_model, standardise
-from burrscope.naming import png_names
+from burrscope.models import factory as models
+from burrscope.models.factory import Normalisation, build_model, standardise
+from burrscope.tables import HEATMAPS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,20 +216,22 @@ def test_explain_fold_writes_every_misclassified_image_and_some_correct_ones(
     out = tmp_path / "heatmaps"
     out.mkdir()
     (out / "stale.png").write_bytes(b"from an earlier run")
-    result = explain_fold(trained, images, NORMALISATION, table, ["0", "1"], 4, out, seed=7)
+    result = explain_fold(trained, images, NORMALISATION, table, classes=["0", "1"], correct=4, out_dir=out, seed=7)
 
     assert set(wrong) <= {int(f[4:-4]) for f in result["file"]}
     assert len(result) == len(wrong) + 4 and result["correct"].sum() == 4
     assert list(result.columns) == ["file", "label", "predicted", "prob_0", "prob_1", "explained", "correct", "heatmap"]
     assert (result["explained"] == "1").all()  # two classes: where the network looks for burrs
-    written = pd.read_csv(out / HEATMAPS_CSV, dtype={"label": str, "predicted": str, "explained": str})
+    written = pd.read_csv(out / HEATMAPS, dtype={"label": str, "predicted": str, "explained": str})
     pd.testing.assert_frame_equal(written, result)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*result["heatmap"], HEATMAPS_CSV])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*result["heatmap"], HEATMAPS])
     for name in result["heatmap"]:
         with Image.open(out / name) as png:
             assert png.size == (SIZE, SIZE) and png.mode == "RGB"
     assert not list(tmp_path.glob(".*.tmp"))
-    again = explain_fold(trained, images, NORMALISATION, table, ["0", "1"], 4, tmp_path / "again", seed=7)
+    again = explain_fold(
+        trained, images, NORMALISATION, table, classes=["0", "1"], correct=4, out_dir=tmp_path / "again", seed=7
+    )
     assert list(again["file"]) == list(result["file"])  # the seed fixes which correct images are shown
 
 
@@ -241,9 +243,27 @@ def test_a_confident_negative_gets_a_faint_overlay_where_its_own_peak_would_be_s
     assert gradcam(trained, inputs[burr : burr + 1], [1]).amax().item() == 1
     table = fold_table(labels[burr : burr + 1], [0])
     table[["prob_0", "prob_1"]] = [[0.998, 0.002]]  # as if the model were sure there is no burr
-    explain_fold(trained, images[burr : burr + 1], NORMALISATION, table, ["0", "1"], 0, tmp_path / "sure", seed=0)
+    explain_fold(
+        trained,
+        images[burr : burr + 1],
+        NORMALISATION,
+        table,
+        classes=["0", "1"],
+        correct=0,
+        out_dir=tmp_path / "sure",
+        seed=0,
+    )
     table[["prob_0", "prob_1"]] = [[0.02, 0.98]]  # the same map, now backed by a confident burr call
-    explain_fold(trained, images[burr : burr + 1], NORMALISATION, table, ["0", "1"], 0, tmp_path / "burr", seed=0)
+    explain_fold(
+        trained,
+        images[burr : burr + 1],
+        NORMALISATION,
+        table,
+        classes=["0", "1"],
+        correct=0,
+        out_dir=tmp_path / "burr",
+        seed=0,
+    )
     photo = images[burr].permute(1, 2, 0).numpy().astype(int)
     with Image.open(tmp_path / "sure" / "img_0.png") as faint, Image.open(tmp_path / "burr" / "img_0.png") as hot:
         faint_change, hot_change = (np.abs(np.asarray(png, int) - photo).max() for png in (faint, hot))
@@ -264,7 +284,7 @@ def test_a_run_killed_midway_leaves_the_previous_folder_whole(
     images, _, labels, _ = held_out(4)
     table = fold_table(labels, [1, 1, 0, 0])
     out = tmp_path / "heatmaps"
-    explain_fold(trained, images, NORMALISATION, table, ["0", "1"], 2, out, seed=0)
+    explain_fold(trained, images, NORMALISATION, table, classes=["0", "1"], correct=2, out_dir=out, seed=0)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls = []
 
@@ -274,10 +294,10 @@ def test_a_run_killed_midway_leaves_the_previous_folder_whole(
             raise KeyboardInterrupt
         return overlay(image, heat)
 
-    monkeypatch.setattr("burrscope.explain.overlay", dies_on_the_second_image)
+    monkeypatch.setattr("burrscope.inference.explain.overlay", dies_on_the_second_image)
     with pytest.raises(KeyboardInterrupt):
-        explain_fold(trained, images, NORMALISATION, table, ["0", "1"], 2, out, seed=1)
+        explain_fold(trained, images, NORMALISATION, table, classes=["0", "1"], correct=2, out_dir=out, seed=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["heatmaps"]
     with pytest.raises(ValueError, match="3 rows but 4 images"):
-        explain_fold(trained, images, NORMALISATION, table.iloc[:3], ["0", "1"], 2, out, seed=0)
+        explain_fold(trained, images, NORMALISATION, table.iloc[:3], classes=["0", "1"], correct=2, out_dir=out, seed=0)

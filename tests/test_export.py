@@ -18,15 +18,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from burrscope import export as export_module
-from burrscope.export import ONNX, SUMMARY, TORCHSCRIPT, Probabilities, load_torchscript
 from burrscope.files import sha256_file
-from burrscope.fold_run import FoldRun
-from burrscope.inference import load_ensemble, predict, preprocess
-from burrscope.models import build_model
+from burrscope.inference import export as export_module
+from burrscope.inference.ensemble import load_ensemble, predict, preprocess
+from burrscope.inference.export import Probabilities, load_torchscript
+from burrscope.models.factory import build_model
 from burrscope.params import Params
-from burrscope.parent_run import log_aggregate
-from burrscope.tracking import PARENT_RUN_TAG
+from burrscope.tables import EXPORT_SUMMARY, ONNX, TORCHSCRIPT
+from burrscope.tracking.fold_run import FoldRun
+from burrscope.tracking.parent_run import log_aggregate
+from burrscope.tracking.store import PARENT_RUN_TAG
 from stages import export as export_stage
 
 pytestmark = pytest.mark.cli  # every test runs the export stage's main(), or reads what it wrote
@@ -52,7 +53,7 @@ def run_export(workspace: Path, cwd: Path, params: Params, out: Path) -> dict:
         args = [workspace / "folds.csv", workspace / "images", workspace / "train", out]
         mp.setattr(sys, "argv", ["export", *map(str, args)])
         export_stage.main()
-    return json.loads((out / SUMMARY).read_text())
+    return json.loads((out / EXPORT_SUMMARY).read_text())
 
 
 def save_checkpoint(path: Path, seed: int) -> None:
@@ -129,7 +130,7 @@ def fold_ensemble(workspace: Path) -> Probabilities:
 
 def test_exports_match_the_ensemble_on_another_batch_size(workspace: Path, exported: tuple[Path, dict]) -> None:
     out, summary = exported
-    assert sorted(p.name for p in out.iterdir()) == [SUMMARY, ONNX, TORCHSCRIPT]
+    assert sorted(p.name for p in out.iterdir()) == [EXPORT_SUMMARY, ONNX, TORCHSCRIPT]
     images = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))  # exported with 2, checked on 6
     with torch.inference_mode():
         expected = fold_ensemble(workspace)(images).numpy()
@@ -139,7 +140,7 @@ def test_exports_match_the_ensemble_on_another_batch_size(workspace: Path, expor
     assert expected.shape == (5, 2) and not np.allclose(expected, expected[0])  # the images are told apart
     np.testing.assert_allclose(scripted, expected, atol=1e-5)
     np.testing.assert_allclose(onnx, expected, atol=1e-5)
-    written = json.loads((out / SUMMARY).read_text())
+    written = json.loads((out / EXPORT_SUMMARY).read_text())
     assert written["parity"]["images"] == 6 and max(written["parity"]["max_abs_diff"].values()) <= 1e-4
     assert [Path(c["path"]).parent.name for c in written["source_checkpoints"]] == list(FOLDS)
     assert written["files"][ONNX]["sha256"] == sha256_file(out / ONNX)
@@ -184,7 +185,7 @@ def test_pyfunc_model_predicts_raw_rgba_bytes_as_predict_does(
     # the stages nor the training code come along.
     local = Path(mlflow.artifacts.download_artifacts(exported[1]["mlflow"]["model_uri"]))
     shipped = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
-    assert {"burrscope/serving.py", "burrscope/inference.py", "burrscope/__init__.py"} <= shipped
+    assert {"burrscope/inference/serving.py", "burrscope/inference/ensemble.py", "burrscope/__init__.py"} <= shipped
     assert not any(name.startswith(("stages/", "burrscope/training/")) for name in shipped)
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from burrscope.classes import class_order, prob_column
 from burrscope.files import atomic_dir, atomic_path, sha256_file, write_text_atomic
 from burrscope.params import TRAINING_KEYS, Augment, Params, ParamsError, Recipe, load_params, lookup, validate_params
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def repo_params() -> dict:

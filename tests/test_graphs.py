@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_graph import Node, dvc_nodes, snakemake_nodes
+from helpers import REPO, Node, dvc_nodes, snakemake_nodes
 
-from burrscope.codegraph import stage_code
 from burrscope.params import TRAINING_KEYS
+from burrscope.pipeline.codegraph import stage_code
+from burrscope.pipeline.dvcfile import render
 
-REPO = Path(__file__).resolve().parents[1]
 GRAPH_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope"]
 STAGE_MODULE_LINES, LIBRARY_MODULE_LINES = 80, 350
 
@@ -78,7 +78,7 @@ def stage_module(command: str) -> str:
 
 
 def test_each_stage_depends_on_exactly_the_code_its_command_runs(nodes: dict[str, Node]) -> None:
-    """Editing a module reruns every stage that imports it, and only those (burrscope/codegraph.py decides)."""
+    """Editing a module reruns every stage that imports it, and only those (burrscope/pipeline/codegraph.py decides)."""
     for name, (command, deps, _, _) in nodes.items():
         code = {dep for dep in deps if dep.startswith(("burrscope/", "stages/"))}
         assert code == set(stage_code(REPO, stage_module(command))), name
@@ -162,4 +162,10 @@ def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
 def test_heatmap_changes_rerun_explain_and_report_and_nothing_upstream(workdir: Path) -> None:
     nodes = dvc_nodes(workdir)
     assert rerun_by_param(nodes, "train.explain_correct") == {"explain", "report"}
-    assert rerun_by_file(nodes, "burrscope/explain.py") == {"explain", "report"}
+    assert rerun_by_file(nodes, "burrscope/inference/explain.py") == {"explain", "report"}
+
+
+def test_dvc_yaml_is_what_the_stage_definitions_make() -> None:
+    """dvc.yaml is written from burrscope/pipeline/graph.py and the code graph: `python -m burrscope.pipeline.dvcfile`
+    rewrites it after a change there or in what a stage imports."""
+    assert (REPO / "dvc.yaml").read_text() == render(REPO)

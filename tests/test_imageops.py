@@ -12,10 +12,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from burrscope.data.folders import list_images, parallel_map
+from burrscope.data.images import composite_on_background, pad_to_square, prepare_input, resize_square
+from burrscope.data.naming import output_name
 from burrscope.errors import DataError
-from burrscope.folders import list_images, parallel_map
-from burrscope.images import composite_on_background, pad_to_square, prepare_input, resize_square
-from burrscope.naming import output_name
 
 BG = (10, 200, 30)
 colours = st.tuples(*[st.integers(0, 255)] * 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from burrscope.intervals import wilson_interval
+from burrscope.evaluation.intervals import wilson_interval
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from burrscope.data.labels import read_labels
+from burrscope.data.manifest import build_manifest
 from burrscope.errors import DataError
-from burrscope.labels import read_labels
-from burrscope.manifest import build_manifest
 
 
 @pytest.fixture

@@ -14,16 +14,15 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import Server, make_project, run, user_env
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from scale_out import REPO, free_port, make_project, run, service, user_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -32,18 +31,6 @@ FOLD_ARTIFACTS = {"model.pt", "history.csv", "predictions.csv"}  # what the trai
 PARENT_TAG, KEY_TAG = "mlflow.parentRunId", "burrscope_pipeline_key"
 TRAIN = ["python", "-m", "stages.train", "data/processed/images", "data/processed/folds.csv"]
 INTERRUPTED_EPOCHS = 30  # long enough to stop the server after the second epoch, with many still to come
-
-
-@dataclass
-class Server:
-    port: int
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        run(["bash", str(REPO / "scripts/mlflow_server.sh"), "stop", str(self.port)], REPO, user_env(REPO))
 
 
 @dataclass
@@ -69,20 +56,14 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    port = free_port()
-    with service("mlflow_server.sh", str(port), env=user_env(REPO)):
-        yield Server(port)
-
-
-@pytest.fixture(scope="module")
-def tracked(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Tracked:
+def tracked(mlflow_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Tracked:
     # Names of their own, so that runs left in the server's database by earlier test runs never count.
     tag = uuid.uuid4().hex[:8]
     experiment, registered_model = f"burrscope-test-{tag}", f"burrscope-test-{tag}"
     mlflow = {"experiment": experiment, "registered_model": registered_model}
     # Two epochs, so that each fold's metric history has more than one point to lose.
     root = make_project(tmp_path_factory.mktemp("mlflow_server"), folds=FOLDS, epochs=EPOCHS, mlflow=mlflow)
+    server = mlflow_server
     env = user_env(root, MLFLOW_TRACKING_URI=server.uri)
     started = time.monotonic()
     run(["snakemake", "--cores", "4", "results/export/export.json"], root, env, timeout=1200)

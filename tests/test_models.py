@@ -12,10 +12,10 @@ import pytest
 import torch
 import torchvision
 
-from burrscope import models
 from burrscope.errors import UserError
 from burrscope.files import sha256_file
-from burrscope.models import RANDOM_INIT, WeightsUnavailable, build_model
+from burrscope.models import factory as models
+from burrscope.models.factory import RANDOM_INIT, WeightsUnavailable, build_model
 
 
 def test_default_backbone_loads_the_imagenet_weights_shipped_in_the_wheel() -> None:

@@ -20,14 +20,16 @@ import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 import pytest
+from helpers import free_port
 from mlflow.tracking import MlflowClient
-from scale_out import free_port
 
-from burrscope.fold_run import FoldRun
-from burrscope.models import Weights
+from burrscope.models.factory import Weights
 from burrscope.params import Params
-from burrscope.parent_run import log_aggregate
-from burrscope.registry import log_export
+from burrscope.tracking.fold_run import FoldRun
+from burrscope.tracking.parent_run import log_aggregate
+from burrscope.tracking.registry import log_export
+
+pytestmark = pytest.mark.cli  # starts `mlflow ui`, a command line
 
 NAME = "burrscope-moved"
 UI_START_S = 180  # `mlflow ui` imports the whole server; on a busy CI runner that takes a while
@@ -50,7 +52,7 @@ def track_a_pipeline_run(root: Path, params: Params) -> dict[str, str]:
     )
     assert status == "ok"
     model = {"python_model": Echo(), "pip_requirements": ["mlflow"]}
-    outcome = log_export(params.recipe, 2, root / "folds.csv", NAME, model, {}, {"model.ts": 0.0})
+    outcome = log_export(params.recipe, 2, root / "folds.csv", NAME, model=model, tags={}, parity={"model.ts": 0.0})
     assert outcome["status"] == "ok"
     return {"fold": run.run_id, "parent": parent, "model_id": outcome["model_uri"].removeprefix("models:/")}
 

@@ -12,18 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from burrscope.data.labels import read_labels
+from burrscope.data.manifest import build_manifest, normalise_folder
+from burrscope.data.naming import assign_names, normalise_name, normalise_stem
 from burrscope.errors import DataError
 from burrscope.files import sha256_file
-from burrscope.labels import read_labels
-from burrscope.manifest import build_manifest, normalise_folder
-from burrscope.naming import assign_names, normalise_name, normalise_stem
 from burrscope.tables import MANIFEST_COLUMNS
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import REPO
 
 from burrscope.params import TRAINING_KEYS, Recipe, lookup, read_params_file
-from burrscope.tracking import pipeline_key
+from burrscope.tracking.store import pipeline_key
 from burrscope.training.resume import fingerprint
 
-REPO = Path(__file__).resolve().parents[1]
 FOLDS = pd.DataFrame({"file": ["a.png", "b.png"], "label": ["0", "1"], "fold": [0, 1]})
 IMAGES = [torch.zeros(2, 3, 4, 4, dtype=torch.uint8)]
 
@@ -63,7 +63,7 @@ def test_every_training_key_changes_the_fingerprint_and_the_mlflow_parent_key(do
     after = Recipe.from_params(with_key(params, dotted, changed(lookup(params, dotted))))
     assert after != before
     device = torch.device("cpu")
-    assert fingerprint(after, FOLDS, 0, device, IMAGES) != fingerprint(before, FOLDS, 0, device, IMAGES)
+    assert fingerprint(after, FOLDS, 0, device, images=IMAGES) != fingerprint(before, FOLDS, 0, device, images=IMAGES)
     assert pipeline_key(after, folds_csv) != pipeline_key(before, folds_csv)
 
 

@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import REPO
 from PIL import Image
 
 from burrscope.console import progress_bar
+from burrscope.data.naming import output_name
 from burrscope.errors import DataError, UserError
-from burrscope.explain import explain_paths, overlay_writer
-from burrscope.inference import (
+from burrscope.inference.ensemble import (
     chosen_checkpoints,
     collect_images,
     find_checkpoints,
@@ -29,14 +30,14 @@ from burrscope.inference import (
     predict,
     valid_threshold,
 )
-from burrscope.naming import output_name
+from burrscope.inference.explain import explain_paths, overlay_writer
 from burrscope.params import Params
-from burrscope.training.fold import train_fold, write_outputs
+from burrscope.training.fold import train_fold
+from burrscope.training.outputs import write_fold_outputs
 from stages.predict import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # this module's tiny tensors run faster on one thread
 
-REPO = Path(__file__).resolve().parents[1]
 BACKGROUND = (0, 0, 0)
 
 
@@ -84,7 +85,7 @@ def trained(
     folds = table[["file", "label", "fold"]]
     models = root / "results" / "train"
     for fold in (0, 1):
-        write_outputs(models / f"fold_{fold}", train_fold(root / "images", folds, fold, recipe), recipe)
+        write_fold_outputs(models / f"fold_{fold}", train_fold(root / "images", folds, fold, recipe), recipe)
     return raw, models, table
 
 

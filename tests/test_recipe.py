@@ -13,12 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from burrscope.device import Runtime
+from burrscope.models.device import Runtime
+from burrscope.models.tensors import load_images
 from burrscope.params import Params
-from burrscope.tensors import load_images
-from burrscope.training import fold as fold_module
-from burrscope.training.fold import fold_metrics, train_fold
-from burrscope.training.loop import WeightAverage, image_logits, lr_factor, make_optimiser, scores
+from burrscope.training import epochs as epochs_module
+from burrscope.training.fold import train_fold
+from burrscope.training.loop import WeightAverage, image_logits, logit_scores, lr_factor, make_optimiser
+from burrscope.training.outputs import fold_metrics
 
 Notch = tuple[Path, pd.DataFrame]
 
@@ -133,7 +134,7 @@ def test_ema_weights_are_what_is_evaluated_and_kept(
             self.raw = model
             made.append(self)
 
-    monkeypatch.setattr(fold_module, "WeightAverage", Recorded)
+    monkeypatch.setattr(epochs_module, "WeightAverage", Recorded)
     recipe = tiny_params(lr=0.01, train={"ema_decay": 0.5, "tta": False}).recipe
     result = train_fold(images, folds, 2, recipe)
     (average,) = made
@@ -150,7 +151,7 @@ def test_ema_weights_are_what_is_evaluated_and_kept(
 
     def probabilities_of(model: nn.Module) -> torch.Tensor:
         logits = image_logits(model, val_images, result.built.normalisation, cpu)
-        return scores(logits[None], labels)[2]  # one view: the images as they are (no test-time augmentation)
+        return logit_scores(logits[None], labels)[2]  # one view: the images as they are (no test-time augmentation)
 
     assert torch.equal(probabilities_of(average.model), result.probabilities)
     assert not torch.equal(probabilities_of(average.raw), result.probabilities)

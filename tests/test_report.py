@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -10,23 +11,24 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from burrscope.metrics import aggregate, load_predictions, write_outputs
+from burrscope.evaluation.pooled import load_predictions
+from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
 from burrscope.params import Params, load_params
 from burrscope.report.build import build_report
 from burrscope.report.figures import calibration_figure
-from burrscope.report.origin import ui_url
-from burrscope.tracking import PIPELINE_KEY_TAG, pipeline_key
+from burrscope.report.inputs import ReportInputs
+from burrscope.tracking.lookup import ui_url
+from burrscope.tracking.store import PIPELINE_KEY_TAG, pipeline_key
 from stages.report import main
 
-REPO = Path(__file__).resolve().parents[1]
 HOSTILE_FILE = "<b>&\"x'.png"  # a legal file name on disk
 HOSTILE_ORIGINAL = "<script>x</script>.png"
 IMG = re.compile(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"')
@@ -57,14 +59,7 @@ MULTICLASS = pd.DataFrame(
 )
 
 
-class Inputs(NamedTuple):
-    """The report stage's input paths, in the CLI's order."""
-
-    manifest_csv: Path
-    images_dir: Path
-    train_dir: Path
-    explain_dir: Path
-    aggregate_dir: Path
+Inputs = ReportInputs
 
 
 def workspace(root: Path, folds: int = 2) -> dict[str, str]:
@@ -152,7 +147,7 @@ def fake_inputs(root: Path, predictions: pd.DataFrame) -> Inputs:
     folds = predictions["fold"].nunique()
     pooled, classes = load_predictions(folds_csv, train_dir, folds)
     aggregate_dir = root / "results" / "aggregate"
-    write_outputs(aggregate_dir, *aggregate(pooled, classes, folds, threshold=0.5))
+    write_aggregate_outputs(aggregate_dir, *aggregate(pooled, classes, folds, threshold=0.5))
     explain_dir = root / "results" / "explain"
     fake_heatmaps(explain_dir, predictions)
     return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir)
@@ -174,7 +169,7 @@ def binary(tmp_path: Path) -> Inputs:
 
 
 def report(tmp_path: Path, inputs: Inputs) -> str:
-    return build_report(*inputs, load_params(tmp_path / "params.yaml").raw)
+    return build_report(inputs, load_params(tmp_path / "params.yaml").raw)
 
 
 def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binary: Inputs) -> None:
@@ -235,7 +230,7 @@ def test_class_names_replace_labels_everywhere_and_unlisted_labels_show_as_they_
     assert "precision, recall and F1 of class &#39;burr&#39;" in page
     params = load_params(tmp_path / "params.yaml").raw
     params["data"]["class_names"] = {1: "burr"}
-    page = build_report(*binary, params)
+    page = build_report(binary, params)
     assert "<tr><td>0</td><td>0</td><td>4</td><td>50%</td></tr>" in page and "<th>0 flagged</th>" in page
     assert 'true <span class="good">0</span> → predicted <span class="bad">burr</span>' in page
 
@@ -243,7 +238,7 @@ def test_class_names_replace_labels_everywhere_and_unlisted_labels_show_as_they_
 def test_class_names_are_escaped(tmp_path: Path, binary: Inputs) -> None:
     params = load_params(tmp_path / "params.yaml").raw
     params["data"]["class_names"] = {0: "<ok>", 1: "burr&<x>"}
-    page = build_report(*binary, params)
+    page = build_report(binary, params)
     assert '<span class="label">Recall of burr&amp;&lt;x&gt;</span>' in page
     assert "<td>&lt;ok&gt;</td><td>0</td>" in page and "<th>burr&amp;&lt;x&gt; missed</th>" in page
     assert 'true <span class="good">&lt;ok&gt;</span> → predicted <span class="bad">burr&amp;&lt;x&gt;</span>' in page
@@ -352,7 +347,7 @@ def test_labels_with_html_characters_are_escaped_in_tables_and_cards(tmp_path: P
 @pytest.mark.cli
 def test_report_is_deterministic_across_processes(tmp_path: Path, binary: Inputs) -> None:
     env = workspace(tmp_path)
-    command = [sys.executable, "-m", "stages.report", *map(str, binary), "reports/report.html"]
+    command = [sys.executable, "-m", "stages.report", *map(str, dataclasses.astuple(binary)), "reports/report.html"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert done.stdout.startswith("report: reports/report.html")
     written = (tmp_path / "reports" / "report.html").read_bytes()
@@ -385,7 +380,7 @@ def test_missing_history_is_a_clear_one_line_error(
 ) -> None:
     (binary.train_dir / "fold_1" / "history.csv").unlink()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["report", *map(str, binary), "report.html"])
+    monkeypatch.setattr(sys, "argv", ["report", *map(str, dataclasses.astuple(binary)), "report.html"])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert str(exit_.value.code).startswith("error: ") and "fold_1/history.csv not found" in str(exit_.value.code)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +13,12 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from burrscope.fold_run import FoldRun
-from burrscope.models import Weights
-from burrscope.params import Params, Recipe
-from burrscope.parent_run import decision_metrics, log_aggregate, log_report
-from burrscope.provenance import git_tags
-from burrscope.tracking import PARENT_RUN_TAG
+from burrscope.models.factory import Weights
+from burrscope.params import Recipe
+from burrscope.tracking.fold_run import FoldRun
+from burrscope.tracking.parent_run import decision_metrics, log_aggregate, log_report
+from burrscope.tracking.provenance import git_tags
+from burrscope.tracking.store import PARENT_RUN_TAG
 
 WEIGHTS = Weights("test weights", "ab" * 32, None)
 FOLDS = 2
@@ -35,11 +34,10 @@ def git(root: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A committed git repository holding folds.csv, a labels CSV and a tracked pipeline output."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", *DVC_ENV):
-        monkeypatch.delenv(name, raising=False)
+def workspace(tracked_workspace: Path) -> Path:
+    """The tracked workspace as a committed git repository holding folds.csv, a labels CSV and a tracked pipeline
+    output."""
+    tmp_path = tracked_workspace
     (tmp_path / "folds.csv").write_text(FOLDS_CSV)
     (tmp_path / "labels.csv").write_text(LABELS_CSV)
     (tmp_path / "code.py").write_text("print('the stage')\n")
@@ -54,11 +52,6 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def recipe(tiny_params: Callable[..., Params]) -> Recipe:
-    return tiny_params().recipe
-
-
 def client_of(workspace: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
 
@@ -67,7 +60,7 @@ def train_folds(recipe: Recipe, workspace: Path, epochs: int = 2) -> list[str]:
     """Both folds' runs, as the train stage logs them (scores of every epoch, with the epoch in the row)."""
     ids = []
     for fold in range(FOLDS):
-        with FoldRun(recipe, FOLDS, workspace / "folds.csv", fold, workspace / "labels.csv") as run:
+        with FoldRun(recipe, FOLDS, workspace / "folds.csv", fold, labels_csv=workspace / "labels.csv") as run:
             for epoch in range(1, epochs + 1):
                 row = {"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 2 / epoch, "val_roc_auc": 0.5 + epoch / 10}
                 run.log_epoch(epoch, row)
@@ -219,7 +212,9 @@ def test_the_parent_gets_the_threshold_calibration_and_the_burrs_missed_and_fals
     client = client_of(workspace)
     folds = train_folds(recipe, workspace)
     aggregate_dir = write_aggregate(workspace / "aggregate")
-    parent, status = log_aggregate(recipe, workspace / "folds.csv", {"oof_accuracy": 0.9}, [], aggregate_dir)
+    parent, status = log_aggregate(
+        recipe, workspace / "folds.csv", {"oof_accuracy": 0.9}, [], aggregate_dir=aggregate_dir
+    )
     assert status == "ok" and parent == parent_of(client, folds[0]).info.run_id
     assert client.get_run(parent).data.metrics == {
         "oof_accuracy": 0.9,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from scale_out import REPO, run, user_env
+from helpers import REPO, run, user_env
 
 FOLD_RULES = {"train", "final"}
 # What profiles/slurm-local may replace: the per-job requests, and how soon the plugin first polls.

@@ -2,8 +2,9 @@
 slurmd on this machine, and Snakemake submits every job with sbatch through snakemake-executor-plugin-slurm, using
 profiles/slurm with profiles/slurm-local on top (no GPU here) and the documented partition and account override.
 
-Three runs go side by side, since a SLURM run mostly waits for its next status check: a tiny 2-fold project
-through SLURM, the same project with `snakemake --cores 2`, and a project with a corrupt image through SLURM.
+Two runs go side by side, since a SLURM run mostly waits for its next status check: a tiny 2-fold project through
+SLURM, and a project with a corrupt image. The first one's outputs are compared with the same project's `dvc repro`
+(conftest's `pipeline_run`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from scale_out import add_corrupt_image, fold_metrics, make_project, service, user_env
+from helpers import add_corrupt_image, fold_metrics, make_project, user_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -59,7 +60,6 @@ class Finished:
 @dataclass
 class Runs:
     slurm: Finished
-    local: Finished
     failing: Finished
 
 
@@ -71,39 +71,33 @@ def sacct(ids: list[str]) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
-    with service("local_slurm.sh"):
-        roots = {name: make_project(tmp_path_factory.mktemp(name)) for name in ("slurm", "local", "failing")}
-        add_corrupt_image(roots["failing"])
-        commands = {
-            "slurm": [*SLURM, *OVERRIDE],
-            # Only what is compared: the graph up to the pooled metrics.
-            "local": ["snakemake", "--cores", "2", "results/aggregate/metrics.json"],
-            "failing": [*SLURM, *OVERRIDE],
-        }
-        logs = {name: roots[name].parent / f"{name}.out" for name in commands}
-        started = time.monotonic()
-        processes = {}
-        for name, command in commands.items():
-            with logs[name].open("w") as log:  # a file, not a pipe: nobody reads a pipe while the others run
-                env = user_env(roots[name])
-                processes[name] = subprocess.Popen(command, cwd=roots[name], env=env, stdout=log, stderr=log)
-        finished: dict[str, Finished] = {}
-        try:
-            while len(finished) < len(processes):
-                assert time.monotonic() - started < 1200, f"running after 20 minutes: {set(processes) - set(finished)}"
-                for name, process in processes.items():
-                    if name not in finished and process.poll() is not None:
-                        output = logs[name].read_text()
-                        finished[name] = Finished(roots[name], process.returncode, output, time.monotonic() - started)
-                time.sleep(1)
-        finally:
-            for process in processes.values():
-                if process.poll() is None:
-                    process.terminate()  # Snakemake cancels its SLURM jobs (scancel) on SIGTERM
-                    process.wait(timeout=120)
-        print({name: round(run.seconds) for name, run in finished.items()})
-        yield Runs(**finished)
+def runs(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    roots = {name: make_project(tmp_path_factory.mktemp(name)) for name in ("slurm", "failing")}
+    add_corrupt_image(roots["failing"])
+    commands = {"slurm": [*SLURM, *OVERRIDE], "failing": [*SLURM, *OVERRIDE]}
+    logs = {name: roots[name].parent / f"{name}.out" for name in commands}
+    started = time.monotonic()
+    processes = {}
+    for name, command in commands.items():
+        with logs[name].open("w") as log:  # a file, not a pipe: nobody reads a pipe while the others run
+            env = user_env(roots[name])
+            processes[name] = subprocess.Popen(command, cwd=roots[name], env=env, stdout=log, stderr=log)
+    finished: dict[str, Finished] = {}
+    try:
+        while len(finished) < len(processes):
+            assert time.monotonic() - started < 1200, f"running after 20 minutes: {set(processes) - set(finished)}"
+            for name, process in processes.items():
+                if name not in finished and process.poll() is not None:
+                    output = logs[name].read_text()
+                    finished[name] = Finished(roots[name], process.returncode, output, time.monotonic() - started)
+            time.sleep(1)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()  # Snakemake cancels its SLURM jobs (scancel) on SIGTERM
+                process.wait(timeout=120)
+    print({name: round(run.seconds) for name, run in finished.items()})
+    yield Runs(**finished)
 
 
 def test_the_pipeline_runs_through_slurm_and_sacct_lists_every_job(runs: Runs) -> None:
@@ -120,14 +114,13 @@ def test_the_pipeline_runs_through_slurm_and_sacct_lists_every_job(runs: Runs) -
     assert (runs.slurm.root / "results/export/model.onnx").is_file()
 
 
-def test_slurm_outputs_equal_a_local_runs(runs: Runs) -> None:
-    assert runs.local.returncode == 0, runs.local.output
+def test_slurm_outputs_equal_a_local_runs(runs: Runs, pipeline_run: Path) -> None:
     assert runs.slurm.returncode == 0, runs.slurm.output
     for name in SAME_BYTES:
-        assert (runs.slurm.root / name).read_bytes() == (runs.local.root / name).read_bytes(), name
+        assert (runs.slurm.root / name).read_bytes() == (pipeline_run / name).read_bytes(), name
     for fold in (0, 1):
         name = f"results/train/fold_{fold}/metrics.json"
-        assert fold_metrics(runs.slurm.root / name) == fold_metrics(runs.local.root / name), name
+        assert fold_metrics(runs.slurm.root / name) == fold_metrics(pipeline_run / name), name
 
 
 def test_a_failing_slurm_job_shows_the_stages_own_error(runs: Runs) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from burrscope.data.split import assign_folds, fold_table, split
 from burrscope.errors import DataError
-from burrscope.split import assign_folds, fold_table, split
 
 
 def photos(counts: dict[str, int], groups_of: int = 0) -> pd.DataFrame:

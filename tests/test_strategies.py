@@ -15,17 +15,18 @@ import torchvision
 from conftest import Notch
 from sklearn.linear_model import LogisticRegression
 
-from burrscope.blocks import Chain, network_blocks, split
-from burrscope.device import Runtime
 from burrscope.errors import UserError
-from burrscope.inference import load_ensemble
-from burrscope.models import build_model
+from burrscope.inference.ensemble import load_ensemble
+from burrscope.models.blocks import Chain, network_blocks, split
+from burrscope.models.device import Runtime
+from burrscope.models.factory import build_model
+from burrscope.models.symmetries import apply_view, mean_softmax, tta_views, views
 from burrscope.params import Params, ParamsError, validate_params
 from burrscope.training import features, probe
-from burrscope.training.fold import train_fold, write_outputs
+from burrscope.training.fold import train_fold
 from burrscope.training.loop import balanced_weights, image_logits
+from burrscope.training.outputs import write_fold_outputs
 from burrscope.training.strategies import PooledFeatures
-from burrscope.views import apply_view, mean_softmax, tta_views, views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NETWORKS = {
@@ -65,7 +66,7 @@ def test_a_partial_fold_is_the_whole_network_it_saves(
     """The held-out predictions made from cached trunk features are those of the saved network on the images."""
     recipe = tiny_params(finetune="partial", train={"tta": False, "trainable_blocks": 4}).recipe
     result = train_fold(notch.images, notch.folds, 0, recipe)
-    write_outputs(tmp_path, result, recipe)
+    write_fold_outputs(tmp_path, result, recipe)
     model = load_ensemble([tmp_path / "model.pt"]).models[0]
     got = held_out_probabilities(model, result.data.val_x, result.built.normalisation)
     torch.testing.assert_close(got, result.probabilities, rtol=0, atol=1e-6)
@@ -103,17 +104,17 @@ def test_frozen_features_are_computed_once_then_loaded(monkeypatch: pytest.Monke
     monkeypatch.setenv(features.CACHE_ENV, str(tmp_path))
     calls = []
     real = features.compute
-    monkeypatch.setattr(features, "compute", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(features, "compute", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
     torch.manual_seed(0)
     trunk = split(NETWORKS["resnet18"]().eval(), 2)[0]
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     normalisation = build_model("resnet18", 2, False, 32).normalisation
     runtime = Runtime(torch.device("cpu"))
-    first = features.frozen_features(trunk, images, normalisation, tta_views(True), runtime)
-    again = features.frozen_features(trunk, images, normalisation, tta_views(True), runtime)
+    first = features.frozen_features(trunk, images, normalisation, tta_views(True), runtime=runtime)
+    again = features.frozen_features(trunk, images, normalisation, tta_views(True), runtime=runtime)
     assert len(calls) == 1 and torch.equal(first, again) and first.shape[:2] == (8, 3)
-    features.frozen_features(trunk, images.flip(0), normalisation, tta_views(True), runtime)
-    features.frozen_features(trunk, images, normalisation, tta_views(False), runtime)
+    features.frozen_features(trunk, images.flip(0), normalisation, tta_views(True), runtime=runtime)
+    features.frozen_features(trunk, images, normalisation, tta_views(False), runtime=runtime)
     assert len(calls) == 3  # other images, other views: other entries
     (entry,) = [
         p
@@ -121,7 +122,7 @@ def test_frozen_features_are_computed_once_then_loaded(monkeypatch: pytest.Monke
         if torch.load(p).shape[0] == 8 and torch.equal(torch.load(p), first)
     ]
     entry.write_bytes(b"half-written")
-    assert torch.equal(features.frozen_features(trunk, images, normalisation, tta_views(True), runtime), first)
+    assert torch.equal(features.frozen_features(trunk, images, normalisation, tta_views(True), runtime=runtime), first)
     assert len(calls) == 4  # a broken entry is recomputed, never trusted
 
 
@@ -132,7 +133,7 @@ def test_folds_whose_heads_differ_share_one_pooled_feature_entry(
     monkeypatch.setenv(features.CACHE_ENV, str(tmp_path))
     calls = []
     real = features.compute
-    monkeypatch.setattr(features, "compute", lambda *args: calls.append(1) or real(*args))
+    monkeypatch.setattr(features, "compute", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
     built = build_model("resnet18", 2, False, 32)
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     runtime = Runtime(torch.device("cpu"))
@@ -141,7 +142,7 @@ def test_folds_whose_heads_differ_share_one_pooled_feature_entry(
         torch.manual_seed(seed)
         built.model.fc.reset_parameters()
         frozen = PooledFeatures(built.model.eval(), built.head)
-        pooled.append(features.frozen_features(frozen, images, built.normalisation, tta_views(False), runtime))
+        pooled.append(features.frozen_features(frozen, images, built.normalisation, tta_views(False), runtime=runtime))
     assert len(calls) == 1 and torch.equal(pooled[0], pooled[1])
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():

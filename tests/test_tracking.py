@@ -1,21 +1,20 @@
-"""MLflow tracking: fold runs from separate processes meet under one parent, in the workspace's store."""
+"""MLflow tracking: fold runs from separate processes meet under one parent, in the tracked_workspace's store."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from burrscope.fold_run import FoldRun
-from burrscope.models import Weights
-from burrscope.params import Params, Recipe
-from burrscope.parent_run import log_aggregate
-from burrscope.registry import log_export
-from burrscope.tracking import (
+from burrscope.models.factory import Weights
+from burrscope.params import Recipe
+from burrscope.tracking.fold_run import FoldRun
+from burrscope.tracking.parent_run import log_aggregate
+from burrscope.tracking.registry import log_export
+from burrscope.tracking.store import (
     PARENT_RUN_TAG,
     flatten,
     pipeline_key,
@@ -26,20 +25,6 @@ from burrscope.tracking import (
 
 WEIGHTS = Weights("test weights", "ab" * 32, None)
 FOLDS = 2
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    (tmp_path / "folds.csv").write_text("file,label,fold\na.png,0,0\nb.png,1,1\n")
-    return tmp_path
-
-
-@pytest.fixture
-def recipe(tiny_params: Callable[..., Params]) -> Recipe:
-    return tiny_params().recipe
 
 
 def parent_of(run: FoldRun) -> str:
@@ -74,45 +59,50 @@ def test_run_params_are_the_recipe_and_the_number_of_folds(recipe: Recipe) -> No
 
 
 def test_the_pipeline_key_changes_with_the_recipe_the_folds_and_the_experiment_name(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+    tracked_workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folds_csv = workspace / "folds.csv"
+    folds_csv = tracked_workspace / "folds.csv"
     key = pipeline_key(recipe, folds_csv)
     assert pipeline_key(dataclasses.replace(recipe), folds_csv) == key
     assert pipeline_key(dataclasses.replace(recipe, lr=recipe.lr * 2), folds_csv) != key
-    (workspace / "other.csv").write_text("file,label,fold\na.png,0,1\nb.png,1,0\n")
-    assert pipeline_key(recipe, workspace / "other.csv") != key
+    (tracked_workspace / "other.csv").write_text("file,label,fold\na.png,0,1\nb.png,1,0\n")
+    assert pipeline_key(recipe, tracked_workspace / "other.csv") != key
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-2")
     assert pipeline_key(recipe, folds_csv) != key
 
 
-def test_the_pooled_predictions_give_the_pipeline_key_that_folds_csv_gives(workspace: Path, recipe: Recipe) -> None:
+def test_the_pooled_predictions_give_the_pipeline_key_that_folds_csv_gives(
+    tracked_workspace: Path, recipe: Recipe
+) -> None:
     """The report finds the parent from aggregate's predictions.csv: the same rows, reordered, with more columns."""
-    pooled = pd.DataFrame({"file": ["b.png", "a.png"], "label": ["1", "0"], "fold": [1, 0], "predicted": ["1", "1"]})
-    assert pipeline_key(recipe, pooled) == pipeline_key(recipe, workspace / "folds.csv")
-    assert pipeline_key(recipe, pooled.assign(fold=[0, 1])) != pipeline_key(recipe, workspace / "folds.csv")
+    folds = pd.read_csv(tracked_workspace / "folds.csv", dtype={"label": str})
+    pooled = folds.iloc[::-1].assign(predicted="1")
+    assert pipeline_key(recipe, pooled) == pipeline_key(recipe, tracked_workspace / "folds.csv")
+    assert pipeline_key(recipe, pooled.assign(fold=1 - pooled["fold"])) != pipeline_key(
+        recipe, tracked_workspace / "folds.csv"
+    )
 
 
 def test_folds_share_one_parent_which_aggregate_completes(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+    tracked_workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
     # A stale MLFLOW_RUN_ID must not hijack the runs (mlflow#15713).
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")
-    folds_csv = workspace / "folds.csv"
+    folds_csv = tracked_workspace / "folds.csv"
     runs = []
     for fold in (0, 1):
         with FoldRun(recipe, FOLDS, folds_csv, fold) as run:
             run.log_epoch(1, {"train_loss": 0.5, "val_loss": 0.6})
             run.log_epoch(2, {"train_loss": 0.4, "val_loss": 0.5})
-            (workspace / f"history_{fold}.csv").write_text("epoch\n1\n")
-            assert run.finish(WEIGHTS, [workspace / f"history_{fold}.csv"]) == "ok"
+            (tracked_workspace / f"history_{fold}.csv").write_text("epoch\n1\n")
+            assert run.finish(WEIGHTS, [tracked_workspace / f"history_{fold}.csv"]) == "ok"
         runs.append(run)
     assert parent_of(runs[0]) == parent_of(runs[1])
     parent, status = log_aggregate(recipe, folds_csv, {"cv_accuracy_mean": 0.9}, [])
     assert (parent, status) == (parent_of(runs[0]), "ok")
 
-    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
     parent_run = client.get_run(parent)
     assert parent_run.info.run_name == "lr-sweep-1"
     assert parent_run.info.status == "FINISHED"
@@ -129,11 +119,11 @@ def test_folds_share_one_parent_which_aggregate_completes(
     # Artifacts live in mlartifacts/ at the root, named by a location that holds no folder (artifact_store.py).
     experiment = client.get_experiment(parent_run.info.experiment_id)
     assert experiment.artifact_location == "mlflow-artifacts:/"
-    assert (workspace / "mlartifacts" / runs[0].run_id / "artifacts" / "history_0.csv").is_file()
+    assert (tracked_workspace / "mlartifacts" / runs[0].run_id / "artifacts" / "history_0.csv").is_file()
 
 
-def test_a_new_pipeline_run_gets_a_new_parent(workspace: Path, recipe: Recipe) -> None:
-    folds_csv = workspace / "folds.csv"
+def test_a_new_pipeline_run_gets_a_new_parent(tracked_workspace: Path, recipe: Recipe) -> None:
+    folds_csv = tracked_workspace / "folds.csv"
     with FoldRun(recipe, FOLDS, folds_csv, 0) as first:
         first.finish(WEIGHTS, [])
     log_aggregate(recipe, folds_csv, {}, [])
@@ -143,40 +133,40 @@ def test_a_new_pipeline_run_gets_a_new_parent(workspace: Path, recipe: Recipe) -
     assert parent_of(second) != parent_of(first)
 
 
-def test_a_failing_fold_is_marked_failed(workspace: Path, recipe: Recipe) -> None:
-    with pytest.raises(RuntimeError), FoldRun(recipe, FOLDS, workspace / "folds.csv", 0) as run:
+def test_a_failing_fold_is_marked_failed(tracked_workspace: Path, recipe: Recipe) -> None:
+    with pytest.raises(RuntimeError), FoldRun(recipe, FOLDS, tracked_workspace / "folds.csv", 0) as run:
         raise RuntimeError("out of memory")
-    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
     assert client.get_run(run.run_id).info.status == "FAILED"
 
 
-def test_aggregate_without_trained_folds_logs_nothing(workspace: Path, recipe: Recipe) -> None:
-    assert log_aggregate(recipe, workspace / "folds.csv", {"x": 1.0}, []) == (None, "ok")
+def test_aggregate_without_trained_folds_logs_nothing(tracked_workspace: Path, recipe: Recipe) -> None:
+    assert log_aggregate(recipe, tracked_workspace / "folds.csv", {"x": 1.0}, []) == (None, "ok")
 
 
 def test_aggregate_with_an_unreachable_store_reports_the_failure_without_raising(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tracked_workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
-    parent, status = log_aggregate(recipe, workspace / "folds.csv", {"x": 1.0}, [])
+    parent, status = log_aggregate(recipe, tracked_workspace / "folds.csv", {"x": 1.0}, [])
     assert parent is None
     assert status.startswith("failed: logging the cross-validated summary: MLflow tracking at http://127.0.0.1:9 is")
     assert status.endswith("fix MLFLOW_TRACKING_URI (or start its server), or unset it to track into sqlite:///"
-                           f"{workspace / 'mlflow.db'}.")  # fmt: skip
+                           f"{tracked_workspace / 'mlflow.db'}.")  # fmt: skip
     assert capsys.readouterr().err.count("warning: MLflow failed") == 1
 
 
 def test_the_final_model_joins_the_closed_parent_but_a_rerun_fold_gets_a_new_one(
-    workspace: Path, recipe: Recipe
+    tracked_workspace: Path, recipe: Recipe
 ) -> None:
-    folds_csv = workspace / "folds.csv"
+    folds_csv = tracked_workspace / "folds.csv"
     with FoldRun(recipe, FOLDS, folds_csv, 0) as fold:
         fold.finish(WEIGHTS, [])
     log_aggregate(recipe, folds_csv, {}, [])
     with FoldRun(recipe, FOLDS, folds_csv, "final") as final:
         final.finish(WEIGHTS, [])
     assert parent_of(final) == parent_of(fold)
-    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
     run = client.get_run(final.run_id)
     assert (run.info.run_name, run.data.tags["fold"], run.data.params["fold"]) == ("final", "final", "final")
     assert client.get_run(parent_of(fold)).info.status == "FINISHED"  # joined, not reopened
@@ -187,10 +177,10 @@ def test_the_final_model_joins_the_closed_parent_but_a_rerun_fold_gets_a_new_one
 
 
 def test_export_to_an_unreachable_store_is_a_recorded_failure(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tracked_workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
-    outcome = log_export(recipe, FOLDS, workspace / "folds.csv", "burrscope-test", {}, {})
+    outcome = log_export(recipe, FOLDS, tracked_workspace / "folds.csv", "burrscope-test", model={}, tags={})
     when = "failed: logging and registering the model: "
     assert outcome["status"].startswith(f"{when}MLflow tracking at http://127.0.0.1:9 is unreachable")
     assert "fix MLFLOW_TRACKING_URI" in outcome["status"] and "run_id" not in outcome

@@ -14,17 +14,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from burrscope.device import DeviceError, select_device
 from burrscope.errors import DataError
-from burrscope.inference import load_ensemble, model_probabilities
-from burrscope.models import Built, standardise
-from burrscope.params import Augment, Params
-from burrscope.tensors import load_images
-from burrscope.training import fold as fold_module
+from burrscope.inference.ensemble import load_ensemble, model_probabilities
+from burrscope.models.device import DeviceError, select_device
+from burrscope.models.factory import Built, standardise
+from burrscope.models.symmetries import views
+from burrscope.models.tensors import load_images
+from burrscope.params import FINAL_ITEM, Augment, Params
+from burrscope.training import setup as fold_setup
 from burrscope.training.augment import augment
-from burrscope.training.data import FINAL
-from burrscope.training.fold import fold_metrics, train_fold, write_metrics, write_outputs
-from burrscope.views import views
+from burrscope.training.fold import train_fold
+from burrscope.training.outputs import fold_metrics, write_fold_outputs, write_metrics
 
 Notch = tuple[Path, pd.DataFrame]
 
@@ -109,7 +109,7 @@ def test_outputs_are_complete_and_the_checkpoint_loads_safely(
     recipe = tiny_params(epochs=1).recipe
     result = train_fold(images, folds, 2, recipe)
     out = tmp_path / "fold_2"
-    paths = write_outputs(out, result, recipe)
+    paths = write_fold_outputs(out, result, recipe)
     write_metrics(out / "metrics.json", fold_metrics(result, recipe))
     assert [p.name for p in paths] == ["model.pt", "history.csv", "predictions.csv"]
     predictions = pd.read_csv(out / "predictions.csv", dtype={"label": str, "predicted": str})
@@ -132,14 +132,14 @@ def test_outputs_are_complete_and_the_checkpoint_loads_safely(
 def count_backbone_images(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Batch sizes through the stem of every model train_fold builds, as they happen."""
     seen: list[int] = []
-    build = fold_module.build_model
+    build = fold_setup.build_model
 
     def counted(*args: object) -> Built:
         built = build(*args)
         built.model._conv_stem.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
         return built
 
-    monkeypatch.setattr(fold_module, "build_model", counted)
+    monkeypatch.setattr(fold_setup, "build_model", counted)
     return seen
 
 
@@ -159,7 +159,7 @@ def test_head_finetuning_trains_on_cached_features_and_saves_the_whole_model(
     assert result.history[-1]["val_loss"] < 0.5 < result.history[0]["val_loss"]
 
     out = tmp_path / "fold_1"
-    write_outputs(out, result, recipe)
+    write_fold_outputs(out, result, recipe)
     predictions = pd.read_csv(out / "predictions.csv")
     ensemble = load_ensemble([out / "model.pt"])
     inputs = standardise(load_images(images, list(predictions["file"])).float() / 255, ensemble.normalisation)
@@ -199,13 +199,13 @@ def test_final_model_trains_on_every_image_without_validation(
 ) -> None:
     images, folds = notch
     recipe = tiny_params(epochs=2, train={"keep": "best"}).recipe
-    result = train_fold(images, folds, FINAL, recipe)
+    result = train_fold(images, folds, FINAL_ITEM, recipe)
     assert "keeping the last epoch" in capsys.readouterr().out
     metrics = fold_metrics(result, recipe)
     assert metrics["n_train"] == 12 and metrics["n_val"] == 0
     assert result.epoch_kept == 2 and metrics["keep"] == "last" and metrics["val_loss"] is None
     out = tmp_path / "final"
-    paths = write_outputs(out, result, recipe)
+    paths = write_fold_outputs(out, result, recipe)
     assert sorted(p.name for p in paths) == sorted(p.name for p in out.iterdir()) == ["history.csv", "model.pt"]
     history = pd.read_csv(out / "history.csv")
     assert history[["val_loss", "val_accuracy"]].isna().all().all() and history["train_loss"].notna().all()

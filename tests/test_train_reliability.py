@@ -17,19 +17,21 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import REPO
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from burrscope.explain import HEATMAPS_CSV
-from burrscope.fold_run import FoldRun
-from burrscope.params import Params, Recipe
-from burrscope.tensors import load_images
-from burrscope.tracking import TrackingUnavailable
-from burrscope.training.fold import configure_determinism, fold_metrics, train_fold
-from burrscope.training.resume import CHECKPOINT_NAME, fingerprint
+from burrscope.models.tensors import load_images
+from burrscope.params import Params
+from burrscope.tables import CHECKPOINT, HEATMAPS
+from burrscope.tracking.fold_run import FoldRun
+from burrscope.tracking.store import TrackingUnavailable
+from burrscope.training.fold import train_fold
+from burrscope.training.outputs import fold_metrics
+from burrscope.training.resume import fingerprint
+from burrscope.training.setup import configure_determinism
 from stages import train as train_stage
 
-REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("model.pt", "metrics.json", "history.csv", "predictions.csv")
 TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME")
 PHASES = {"startup", "data", "train", "eval", "logging", "checkpoint"}
@@ -48,10 +50,6 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def metrics_but_resume(result: object, recipe: Recipe) -> dict:
-    return {k: v for k, v in fold_metrics(result, recipe).items() if k != "resumed_from_epoch"}
-
-
 class Interrupted(Exception):
     pass
 
@@ -64,7 +62,7 @@ def test_a_fold_interrupted_after_epoch_k_resumes_to_the_uninterrupted_result(
     recipe = three_folds(epochs=3, train={"keep": keep}).recipe
     reference = train_fold(images, folds, 1, recipe)
 
-    checkpoint = tmp_path / "fold_1" / CHECKPOINT_NAME
+    checkpoint = tmp_path / "fold_1" / CHECKPOINT
 
     def crash_after_epoch_2(epoch: int, _: dict) -> None:
         if epoch == 2:
@@ -80,12 +78,11 @@ def test_a_fold_interrupted_after_epoch_k_resumes_to_the_uninterrupted_result(
     resumed = train_fold(images, folds, 1, recipe, on_epoch=lambda e, _: seen.append(e), checkpoint=checkpoint)
     assert seen == [1, 2, 3]  # the two replayed epochs, then the one trained
     assert resumed.resumed_from == 2 and reference.resumed_from == 0
-    assert fold_metrics(resumed, recipe)["resumed_from_epoch"] == 2
     assert torch.equal(resumed.probabilities, reference.probabilities)
     assert resumed.history == reference.history
     assert resumed.epoch_kept == reference.epoch_kept
     assert_same_weights(resumed.state_dict, reference.state_dict)
-    assert metrics_but_resume(resumed, recipe) == metrics_but_resume(reference, recipe)
+    assert fold_metrics(resumed, recipe) == fold_metrics(reference, recipe)
 
 
 def test_a_checkpoint_made_from_other_params_or_images_is_ignored(
@@ -93,15 +90,15 @@ def test_a_checkpoint_made_from_other_params_or_images_is_ignored(
 ) -> None:
     images_dir, folds = notch
     recipe = three_folds().recipe
-    checkpoint = tmp_path / CHECKPOINT_NAME
+    checkpoint = tmp_path / CHECKPOINT
     train_fold(images_dir, folds, 0, recipe, checkpoint=checkpoint)
     made = torch.load(checkpoint, weights_only=True)["fingerprint"]
     device = torch.device("cpu")
     images = [load_images(images_dir, list(folds["file"]))]
-    assert fingerprint(recipe, folds, 0, device, images) != made  # other images
-    assert fingerprint(recipe, folds, 1, device, images) != fingerprint(recipe, folds, 0, device, images)
+    assert fingerprint(recipe, folds, 0, device, images=images) != made  # other images
+    assert fingerprint(recipe, folds, 1, device, images=images) != fingerprint(recipe, folds, 0, device, images=images)
     moved = folds.assign(fold=folds["fold"].replace({0: 1, 1: 0}))
-    assert fingerprint(recipe, moved, 0, device, images) != fingerprint(recipe, folds, 0, device, images)
+    assert fingerprint(recipe, moved, 0, device, images=images) != fingerprint(recipe, folds, 0, device, images=images)
 
     capsys.readouterr()
     other = dataclasses.replace(recipe, lr=recipe.lr * 2)
@@ -111,7 +108,7 @@ def test_a_checkpoint_made_from_other_params_or_images_is_ignored(
     assert torch.load(checkpoint, weights_only=True)["fingerprint"] != made  # replaced by this run's own
 
     checkpoint.write_bytes(b"not a checkpoint")
-    (tmp_path / f".{CHECKPOINT_NAME}.x1y2.tmp").write_bytes(b"left by a kill mid-save")
+    (tmp_path / f".{CHECKPOINT}.x1y2.tmp").write_bytes(b"left by a kill mid-save")
     result = train_fold(images_dir, folds, 0, recipe, checkpoint=checkpoint)
     assert "cannot be read" in capsys.readouterr().out
     assert result.resumed_from == 0
@@ -222,15 +219,18 @@ def project(
     return root
 
 
-def read_metrics(folder: Path, *ignore: str) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return {k: v for k, v in metrics.items() if k not in ("seconds", "timing", *ignore)}
+def read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
 
 
-def assert_same_fold(a: Path, b: Path, *ignore: str) -> None:
-    for name in ("predictions.csv", "history.csv"):
+def run_log(project: Path, out: str | Path) -> dict:
+    """What the train stage recorded of its run in logs/ (seconds, MLflow's outcome, a resume)."""
+    return json.loads((project / "logs" / "train" / f"{Path(out).name}.json").read_text())
+
+
+def assert_same_fold(a: Path, b: Path) -> None:
+    for name in ("predictions.csv", "history.csv", "metrics.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    assert read_metrics(a, *ignore) == read_metrics(b, *ignore)
     model_a, model_b = (torch.load(p / "model.pt", weights_only=True) for p in (a, b))
     assert_same_weights(model_a.pop("state_dict"), model_b.pop("state_dict"))
     assert model_a == model_b
@@ -241,9 +241,9 @@ def test_two_cli_runs_give_byte_identical_predictions_and_history(project: Path)
     done = subprocess.run(train_cmd("again"), cwd=project, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert_same_fold(project / "ref", project / "again")
-    assert read_metrics(project / "ref")["mlflow"] == "ok"
+    assert run_log(project, "ref")["mlflow"] == "ok"
     assert sorted(p.name for p in (project / "ref").iterdir()) == sorted(OUTPUTS)  # the checkpoint is removed
-    timing = json.loads((project / "ref" / "metrics.json").read_text())["timing"]
+    timing = run_log(project, "ref")["timing"]
     assert set(timing) == PHASES and all(seconds > 0 for seconds in timing.values())
     assert timing["startup"] > 1  # Python starting and importing torch and MLflow
 
@@ -257,11 +257,11 @@ def test_cli_explain_shows_every_mistake_and_some_correct_images_the_same_every_
     out = project / "explain" / "fold_1"
     params = yaml.safe_load((project / "params.yaml").read_text())
     predictions = pd.read_csv(project / "ref" / "predictions.csv", dtype={"label": str, "predicted": str})
-    heatmaps = pd.read_csv(out / HEATMAPS_CSV, dtype={"label": str})
+    heatmaps = pd.read_csv(out / HEATMAPS, dtype={"label": str})
     wrong = set(predictions.loc[predictions["label"] != predictions["predicted"], "file"])
     assert wrong <= set(heatmaps["file"])
     assert heatmaps["correct"].sum() == min(params["train"]["explain_correct"], len(predictions) - len(wrong))
-    assert sorted(p.name for p in out.iterdir()) == sorted([HEATMAPS_CSV, *heatmaps["heatmap"]])
+    assert sorted(p.name for p in out.iterdir()) == sorted([HEATMAPS, *heatmaps["heatmap"]])
     for name in heatmaps["heatmap"]:  # overlays on the model input, at its size
         with Image.open(out / name) as overlay:
             assert overlay.size == (params["resize"]["img_size"],) * 2
@@ -293,7 +293,7 @@ def test_cli_all_trains_the_final_model_on_every_image_and_logs_it(project: Path
     assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "model.pt"]
     metrics = read_metrics(out)
     assert metrics["fold"] == "all" and metrics["n_train"] == 24 and metrics["n_val"] == 0
-    assert metrics["epoch_kept"] == 4 and metrics["val_loss"] is None and metrics["mlflow"] == "ok"
+    assert metrics["epoch_kept"] == 4 and metrics["val_loss"] is None and run_log(project, out)["mlflow"] == "ok"
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("burrscope").experiment_id
     (run,) = client.search_runs([experiment], "tags.fold = 'final'")
@@ -305,7 +305,7 @@ def test_cli_all_trains_the_final_model_on_every_image_and_logs_it(project: Path
 @pytest.mark.cli
 def test_a_fold_killed_mid_training_resumes_on_rerun_to_the_same_result(project: Path) -> None:
     out = project / "killed"
-    checkpoint = out / CHECKPOINT_NAME
+    checkpoint = out / CHECKPOINT
     proc = subprocess.Popen(
         train_cmd("killed"), cwd=project, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -321,10 +321,10 @@ def test_a_fold_killed_mid_training_resumes_on_rerun_to_the_same_result(project:
 
     done = subprocess.run(train_cmd("killed"), cwd=project, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"resuming from killed/{CHECKPOINT_NAME} after epoch {epoch}/4" in done.stdout
+    assert f"resuming from killed/{CHECKPOINT} after epoch {epoch}/4" in done.stdout
     assert f"fold 1 epoch {epoch}/4" not in done.stdout  # the epochs before the kill were not trained again
-    assert_same_fold(project / "ref", out, "resumed_from_epoch")
-    assert read_metrics(out)["resumed_from_epoch"] == epoch
+    assert_same_fold(project / "ref", out)
+    assert run_log(project, out)["resumed_from_epoch"] == epoch
     assert not checkpoint.exists() and not list(out.glob(".*.tmp"))
     # The killed attempt's MLflow run is closed as KILLED, not left RUNNING forever.
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -373,8 +373,8 @@ def test_mlflow_failing_after_the_start_never_costs_the_fold(
     train_stage.main()  # returns normally: exit status 0, so DVC and Snakemake keep the outputs
 
     assert all((project / out / name).is_file() for name in OUTPUTS)
-    assert not (project / out / CHECKPOINT_NAME).exists()
-    status = read_metrics(project / out)["mlflow"]
+    assert not (project / out / CHECKPOINT).exists()
+    status = run_log(project, out)["mlflow"]
     expected = "failed: logging epoch 1: ConnectionError" if when == "epoch" else "failed: logging artifacts"
     assert status.startswith(expected), status
     assert capsys.readouterr().err.count("warning: MLflow failed") == 1

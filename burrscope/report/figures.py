@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from burrscope.errors import DataError
+from burrscope.report.inputs import StageOutputs
 from burrscope.tables import RERUN
 
 DPI = 110  # modest: a sharp figure on screen, a report of a few MB at most
@@ -137,26 +138,18 @@ def curves_figure(histories: list[pd.DataFrame], kept: list[int]) -> Figure:
     return fig
 
 
-def figure_uris(
-    predictions: pd.DataFrame,
-    classes: list[str],
-    names: list[str],
-    overall: dict[str, float],
-    roc: pd.DataFrame | None,
-    calibration: pd.DataFrame,
-    calibration_summary: dict[str, float],
-    histories: list[pd.DataFrame],
-    kept: list[int],
-) -> dict[str, str | None]:
-    """Data URIs of the figures: confusion, roc (None unless `roc` is given: two classes), calibration, curves.
+def figure_uris(outputs: StageOutputs, names: list[str]) -> dict[str, str | None]:
+    """Data URIs of the figures: confusion, roc (None unless there are two classes), calibration, curves.
 
-    `names` are what the report calls `classes`, in their order.
+    `names` are what the report calls the classes, in their order.
     """
+    classes, summary = outputs.classes, outputs.summary
     probability = f"P({names[-1]})" if len(classes) == 2 else "top-class probability"
     with matplotlib.rc_context(PLOT_STYLE):
+        roc = outputs.roc
         return {
-            "confusion": figure_uri(confusion_figure(predictions, classes, names)),
-            "roc": None if roc is None else figure_uri(roc_figure(roc, overall["roc_auc"], names[-1])),
-            "calibration": figure_uri(calibration_figure(calibration, calibration_summary, probability)),
-            "curves": figure_uri(curves_figure(histories, kept)),
+            "confusion": figure_uri(confusion_figure(outputs.predictions, classes, names)),
+            "roc": None if roc is None else figure_uri(roc_figure(roc, summary["overall"]["roc_auc"], names[-1])),
+            "calibration": figure_uri(calibration_figure(outputs.calibration, summary["calibration"], probability)),
+            "curves": figure_uri(curves_figure(outputs.histories, [run["epoch_kept"] for run in outputs.runs])),
         }

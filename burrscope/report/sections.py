@@ -21,6 +21,7 @@ import yaml
 from burrscope.classes import class_order, prob_column
 from burrscope.errors import DataError
 from burrscope.report.figures import image_uri
+from burrscope.report.inputs import ReportInputs
 from burrscope.tables import METRICS, RERUN
 
 Table = dict[str, Any]
@@ -135,12 +136,9 @@ def folds_table(
 
 
 def training(runs: Sequence[Mapping[str, Any]], keep: str) -> dict[str, str]:
-    """Where and how long the folds trained, and which epoch each kept."""
-    return {
-        "devices": ", ".join(sorted({str(run["device"]) for run in runs})),
-        "minutes": f"{sum(run['seconds'] for run in runs) / 60:.1f}",
-        "keep": keep,
-    }
+    """Where the folds trained, and which epoch each kept (how long they took is in MLflow and logs/: a rerun of the
+    same inputs gives the same report)."""
+    return {"devices": ", ".join(sorted({str(run["device"]) for run in runs})), "keep": keep}
 
 
 def threshold_table(thresholds: pd.DataFrame, chosen: float, positive: str, negative: str) -> Table:
@@ -167,9 +165,9 @@ def threshold_table(thresholds: pd.DataFrame, chosen: float, positive: str, nega
 def mistake_cards(
     predictions: pd.DataFrame,
     classes: list[str],
-    images_dir: Path,
+    inputs: ReportInputs,
+    *,
     originals: Mapping[str, str],
-    manifest_csv: Path,
     heatmaps: Mapping[tuple[str, str], Path],
     name: Namer,
 ) -> list[Card]:
@@ -185,13 +183,13 @@ def mistake_cards(
     cards = []
     for i, (_, row) in enumerate(wrong.sort_values(["p_true", "file"]).iterrows(), start=1):
         if row["file"] not in originals:
-            raise DataError(f"{manifest_csv} has no entry for {row['file']!r}, which was predicted; {RERUN}.")
+            raise DataError(f"{inputs.manifest_csv} has no entry for {row['file']!r}, which was predicted; {RERUN}.")
         other = classes[-1] if len(classes) == 2 else row["predicted"]
         heatmap = heatmaps.get((str(row["fold"]), row["file"]))
         cards.append(
             {
                 "anchor": f"mistake-{i}",
-                "image": image_uri(images_dir / row["file"]),
+                "image": image_uri(inputs.images_dir / row["file"]),
                 "heatmap": None if heatmap is None else image_uri(heatmap),
                 "file": row["file"],
                 "original": originals[row["file"]],

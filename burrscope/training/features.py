@@ -21,11 +21,11 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from burrscope.device import Runtime
 from burrscope.files import atomic_path, workspace_root
-from burrscope.models import Normalisation
+from burrscope.models.device import Runtime
+from burrscope.models.factory import Normalisation
+from burrscope.models.symmetries import View, apply_view
 from burrscope.training.resume import training_code_digest
-from burrscope.views import View, apply_view
 
 CACHE_ENV = "BURRSCOPE_CACHE"
 
@@ -36,7 +36,7 @@ def cache_dir() -> Path:
 
 @torch.inference_mode()
 def compute(
-    frozen: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: Sequence[View], runtime: Runtime
+    frozen: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: Sequence[View], *, runtime: Runtime
 ) -> torch.Tensor:
     """V x N x ...: `frozen` on the model inputs of uint8 `images` under each variant, in the runtime's batches."""
     frozen.eval()
@@ -75,7 +75,7 @@ def cache_key(frozen: nn.Module, images: torch.Tensor, variants: Sequence[View],
 
 
 def frozen_features(
-    frozen: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: Sequence[View], runtime: Runtime
+    frozen: nn.Module, images: torch.Tensor, normalisation: Normalisation, variants: Sequence[View], *, runtime: Runtime
 ) -> torch.Tensor:
     """compute()'s result for these images, from the cache when another process made it, on the runtime's device."""
     folder = cache_dir()
@@ -87,7 +87,7 @@ def frozen_features(
                 return torch.load(path, map_location=runtime.device, weights_only=True)
             except Exception as err:  # a cache entry is only a shortcut: recompute rather than fail
                 print(f"ignoring {path} ({type(err).__name__}); computing the frozen features again", flush=True)
-        features = compute(frozen, images, normalisation, variants, runtime)
+        features = compute(frozen, images, normalisation, variants, runtime=runtime)
         with atomic_path(path) as tmp, tmp.open("wb") as stream:
             torch.save(features.cpu(), stream)
         return features

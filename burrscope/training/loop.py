@@ -1,7 +1,9 @@
-"""One epoch of optimiser steps, and one validation pass: the loop every fine-tuning strategy shares.
+"""What every fine-tuning strategy shares: one epoch of optimiser steps, the optimiser and its schedule, the
+weight average, and the scores of held-out logits.
 
-As in timm, `train_one_epoch` and `validate` know nothing of how a strategy turns batch indices into logits
-(whole images through the whole network, or cached features through the layers left to train).
+As in timm, `train_one_epoch` knows nothing of how a strategy turns batch indices into logits (whole images through
+the whole network, or cached features through the layers left to train); setup.validate scores the held-out fold
+with `logit_scores` and `recall_f1_auc`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from burrscope.device import Runtime
-from burrscope.models import Normalisation
+from burrscope.models.device import Runtime
+from burrscope.models.factory import Normalisation
 
 WARMUP_START = 0.01  # warmup starts at lr / 100
 
@@ -78,7 +80,7 @@ def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return (len(labels) / (classes * counts.clamp_min(1))).float()
 
 
-def scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+def logit_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and class probabilities of V x N x C logits: V views of each of N images.
 
     One view: cross-entropy of the logits. Several (test-time augmentation): the probabilities are the mean
@@ -114,10 +116,10 @@ def _mean_defined(values: list[float]) -> float:
     return float(np.mean(defined)) if defined else math.nan
 
 
-def held_out_scores(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def recall_f1_auc(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """val_recall, val_f1 and (two classes) val_roc_auc of a fold's held-out probabilities, defined as
-    burrscope.metrics.score defines them for aggregate, here in numpy: importing that module would make every
-    edit of aggregate's scoring retrain the folds (it would join their DVC deps).
+    evaluation.scores.score_predictions defines them for aggregate, here in numpy: importing that module would make
+    every edit of aggregate's scoring retrain the folds (it would join their DVC deps).
 
     Labels are the argmax, as in the fold's predictions.csv. Two classes: of the positive (last) class; more:
     macro averages over the classes with a defined value. Undefined scores (no positives) are left out.
@@ -171,6 +173,7 @@ def train_one_epoch(
     labels: torch.Tensor,
     order: torch.Tensor,
     batch_size: int,
+    *,
     first_step: int,
     steps: Steps,
     runtime: Runtime,

@@ -15,12 +15,12 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
-from burrscope.device import Runtime
-from burrscope.models import Built
+from burrscope.models.device import Runtime
+from burrscope.models.factory import Built
+from burrscope.models.symmetries import tta_views, views
 from burrscope.params import Recipe
-from burrscope.training.data import FoldData
+from burrscope.training.fold_data import FoldData
 from burrscope.training.strategies import PooledFeatures, cached_features
-from burrscope.views import tta_views, views
 
 CS = np.logspace(-4, 2, 13)  # candidate inverse regularisation strengths
 INNER_FOLDS = 5
@@ -39,7 +39,7 @@ def inner_splits(labels: np.ndarray, variants: int, seed: int) -> list[tuple[np.
 
 
 def fit_probe(
-    features: np.ndarray, labels: np.ndarray, classes: int, seed: int, balanced: bool = False, jobs: int = 1
+    features: np.ndarray, labels: np.ndarray, classes: int, seed: int, *, balanced: bool = False, jobs: int = 1
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(weight C x F, bias C, chosen C) of a logistic regression on V x N x F features of N training images.
 
@@ -79,8 +79,8 @@ class LinearProbe:
             built,
             data,
             views(recipe.augment.flip, recipe.augment.rot90),
-            tta_views(recipe.tta),
-            runtime,
+            val_views=tta_views(recipe.tta),
+            runtime=runtime,
         )
 
     def fit(self) -> dict[str, float]:
@@ -93,7 +93,7 @@ class LinearProbe:
             labels.numpy(),
             self.head.out_features,
             self.seed,
-            self.balanced,
+            balanced=self.balanced,
             jobs=torch.get_num_threads(),  # the CPU budget train.cpu_threads set for this fold
         )
         with torch.no_grad():

@@ -15,15 +15,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from burrscope.codegraph import code_files
 from burrscope.files import atomic_path
 from burrscope.params import Recipe
+from burrscope.pipeline.codegraph import PROJECT_ROOT, code_files
 from burrscope.tables import FOLD_COLUMNS
 from burrscope.training.loop import Steps
 
-CHECKPOINT_NAME = "checkpoint.pt"
 TRAINING_MODULE = "burrscope.training.fold"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def training_code_digest() -> str:
@@ -36,7 +34,7 @@ def training_code_digest() -> str:
 
 
 def fingerprint(
-    recipe: Recipe, folds: pd.DataFrame, fold: int | str, device: torch.device, images: list[torch.Tensor]
+    recipe: Recipe, folds: pd.DataFrame, fold: int | str, device: torch.device, *, images: list[torch.Tensor]
 ) -> str:
     """What a checkpoint must have been made from to be resumed: recipe, fold assignment, fold, images, code."""
     digest = hashlib.sha256(training_code_digest().encode())
@@ -87,6 +85,7 @@ def snapshot(
     progress: Progress,
     model: torch.nn.Module,
     steps: Steps,
+    *,
     generator: torch.Generator,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def snapshot(
 
 
 def restore(
-    state: dict[str, Any], model: torch.nn.Module, steps: Steps, generator: torch.Generator, device: torch.device
+    state: dict[str, Any], model: torch.nn.Module, steps: Steps, generator: torch.Generator, *, device: torch.device
 ) -> Progress:
     """Put a snapshot's states back; the progress it recorded."""
     model.load_state_dict(state["model"])

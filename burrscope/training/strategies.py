@@ -18,15 +18,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from burrscope.blocks import split
-from burrscope.device import Runtime
-from burrscope.models import Built
+from burrscope.models.blocks import split
+from burrscope.models.device import Runtime
+from burrscope.models.factory import Built
+from burrscope.models.symmetries import View, apply_view, tta_views, views
 from burrscope.params import Recipe
 from burrscope.training.augment import augment
-from burrscope.training.data import FoldData, all_images
 from burrscope.training.features import frozen_features
+from burrscope.training.fold_data import FoldData, all_images
 from burrscope.training.loop import image_logits
-from burrscope.views import View, apply_view, tta_views, views
 
 
 class FullFineTune:
@@ -56,13 +56,13 @@ class FullFineTune:
 
 
 def cached_features(
-    frozen: nn.Module, built: Built, data: FoldData, train_views: list[View], val_views: list[View], runtime: Runtime
+    frozen: nn.Module, built: Built, data: FoldData, train_views: list[View], *, val_views: list[View], runtime: Runtime
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(V x N_train x ..., V' x N_val x ... or None): `frozen`'s outputs for the fold's training images under
     `train_views` and its held-out images under `val_views`, from the features of every image (features.py)."""
     variants = list(dict.fromkeys([*train_views, *val_views]))
     images, train_at, val_at = all_images(data)
-    features = frozen_features(frozen, images, built.normalisation, variants, runtime)
+    features = frozen_features(frozen, images, built.normalisation, variants, runtime=runtime)
 
     def pick(wanted: list[View], at: torch.Tensor) -> torch.Tensor:
         return features[[variants.index(view) for view in wanted]][:, at.to(features.device)]
@@ -82,6 +82,7 @@ class _CachedFeatures:
         tail_of: Callable[[nn.Module], nn.Module],
         built: Built,
         data: FoldData,
+        *,
         recipe: Recipe,
         runtime: Runtime,
     ) -> None:
@@ -91,7 +92,7 @@ class _CachedFeatures:
         self.tail.requires_grad_(True)
         self.variants = views(recipe.augment.flip, recipe.augment.rot90)
         self.train_features, self.val_features = cached_features(
-            frozen, built, data, self.variants, tta_views(recipe.tta), runtime
+            frozen, built, data, self.variants, val_views=tta_views(recipe.tta), runtime=runtime
         )
         self.store, self.batch = data.train_x.device, runtime.eval_batch
         self.variant = torch.empty(0, dtype=torch.int64)
@@ -123,7 +124,9 @@ class PartialFineTune(_CachedFeatures):
 
     def __init__(self, built: Built, data: FoldData, recipe: Recipe, runtime: Runtime) -> None:
         trunk, _ = split(built.model, recipe.trainable_blocks)
-        super().__init__(trunk, lambda model: split(model, recipe.trainable_blocks)[1], built, data, recipe, runtime)
+        super().__init__(
+            trunk, lambda model: split(model, recipe.trainable_blocks)[1], built, data, recipe=recipe, runtime=runtime
+        )
 
 
 class PooledFeatures(nn.Module):
@@ -153,8 +156,8 @@ class HeadOnly(_CachedFeatures):
             lambda model: model.get_submodule(built.head),
             built,
             data,
-            recipe,
-            runtime,
+            recipe=recipe,
+            runtime=runtime,
         )
 
 

@@ -1,4 +1,5 @@
-# What every rule shares: the validated config, each stage's code inputs and the params it tracks.
+# Shared by every rule: the validated config, and each stage's inputs, outputs, params and command as
+# burrscope/pipeline/graph.py defines them (dvc.yaml is written from the same definitions).
 import shutil
 import sys
 from pathlib import Path
@@ -10,37 +11,37 @@ from snakemake.utils import validate
 ROOT = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from burrscope.codegraph import stage_code
-from burrscope.params import TRAINING_KEYS, lookup
+from burrscope.params import SCHEMA_PATH, lookup
+from burrscope.pipeline import graph
+from burrscope.pipeline.codegraph import stage_code
 
-validate(config, str(ROOT / "burrscope" / "params.schema.json"))
+validate(config, str(SCHEMA_PATH))
 
-FOLDS = config["split"]["fold_ids"]
-# `predict.final: [all]` adds the final model, trained on every image (dvc.yaml: a foreach over the same list).
-FINAL = config["predict"]["final"]
 # Folds share one GPU one at a time (profiles/default caps `gpu` at 1); CPU-only folds run side by side.
 GPU = 1 if config["train"]["device"] != "cpu" and shutil.which("nvidia-smi") else 0
 
 
-def code(stage):
-    """The files `python -m stages.<stage>` runs and reads: Snakemake does not track edits to them by itself."""
-    return stage_code(ROOT, stage)
+def inputs(stage):
+    """The stage's data inputs, and as `code` the files its command runs: Snakemake does not track edits to
+    them by itself."""
+    return {**graph.snakemake_inputs(graph.BY_NAME[stage], config), "code": stage_code(ROOT, graph.BY_NAME[stage].module)}
 
 
-def tracked(*keys):
-    """The params.yaml values a stage reads, so Snakemake reruns it when they change, as DVC does."""
-    return {key: lookup(config, key) for key in keys}
+def outputs(stage):
+    return {
+        name: directory(output.path) if output.folder else output.path
+        for name, output in graph.BY_NAME[stage].outputs.items()
+    }
 
 
-def fold_outputs(fold):
-    return [f"results/train/fold_{fold}/{name}" for name in ("model.pt", "predictions.csv", "metrics.json",
-                                                             "history.csv")]
+def tracked(stage):
+    """The params.yaml values the stage reads, so Snakemake reruns it when they change, as DVC does."""
+    return {key: lookup(config, key) for key in graph.BY_NAME[stage].params}
 
 
-# What sits in results/train, which the stages after training depend on as a whole (as DVC sees that folder).
-TRAIN_OUTPUTS = [path for fold in FOLDS for path in fold_outputs(fold)]
-TRAIN_OUTPUTS += [f"results/train/final/{name}" for name in ("model.pt", "metrics.json", "history.csv") if FINAL]
-EXPLAIN_OUTPUTS = [f"results/explain/fold_{fold}" for fold in FOLDS]
+def command(stage):
+    """The stage's command (dvc.yaml's), its output kept in the rule's log too."""
+    return graph.snakemake_command(graph.BY_NAME[stage], config) + " 2>&1 | tee {log}"
 
 
 wildcard_constraints:

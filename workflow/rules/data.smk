@@ -5,66 +5,60 @@ rule normalise:
     message:
         "Copying raw images under normalised names and joining the labels"
     input:
-        raw=config["data"]["raw_dir"],
-        labels=config["data"]["labels"],
-        code=code("normalise"),
+        **inputs("normalise"),
     output:
-        images=directory("data/interim/named"),
-        manifest="data/interim/manifest.csv",
+        **outputs("normalise"),
     params:
-        tracked=tracked("data.on_bad_image", "data.classes"),
+        tracked=tracked("normalise"),
     threads: workflow.cores  # the stage spreads its images over every core
     log:
         "logs/normalise.log",
     shell:
-        "python -m stages.normalise {input.raw} {input.labels} {output.images} {output.manifest} 2>&1 | tee {log}"
+        command("normalise")
 
 
 rule composite:
     message:
         "Compositing transparent cut-outs onto the background colour"
     input:
-        images="data/interim/named",
-        code=code("composite"),
+        **inputs("composite"),
     output:
-        images=directory("data/interim/composited"),
+        **outputs("composite"),
     params:
-        tracked=tracked("composite.background"),
+        tracked=tracked("composite"),
     threads: workflow.cores
     log:
         "logs/composite.log",
     shell:
-        "python -m stages.composite {input.images} {output.images} 2>&1 | tee {log}"
+        command("composite")
 
 
 rule resize:
     message:
         "Padding to squares and resizing to the model input size"
     input:
-        images="data/interim/composited",
-        code=code("resize"),
+        **inputs("resize"),
     output:
-        images=directory("data/processed/images"),
+        **outputs("resize"),
     params:
-        tracked=tracked("composite.background", "resize.img_size"),
+        tracked=tracked("resize"),
     threads: workflow.cores
     log:
         "logs/resize.log",
     shell:
-        "python -m stages.resize {input.images} {output.images} 2>&1 | tee {log}"
+        command("resize")
 
 
 rule split:
     message:
         "Assigning stratified folds"
     input:
-        manifest="data/interim/manifest.csv",
-        code=code("split"),
+        **inputs("split"),
     output:
-        folds="data/processed/folds.csv",
+        **outputs("split"),
     params:
-        tracked=tracked("seed", "split.folds"),
+        tracked=tracked("split"),
     log:
         "logs/split.log",
     shell:
-        "python -m stages.split {input.manifest} {output.folds} 2>&1 | tee {log}"
+        command("split")

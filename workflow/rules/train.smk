@@ -5,43 +5,33 @@ rule train:
     message:
         "Training fold {wildcards.fold}"
     input:
-        images="data/processed/images",
-        folds="data/processed/folds.csv",
-        code=code("train"),
+        **inputs("train"),
     output:
-        model="results/train/fold_{fold}/model.pt",
-        predictions="results/train/fold_{fold}/predictions.csv",
-        metrics="results/train/fold_{fold}/metrics.json",
-        history="results/train/fold_{fold}/history.csv",
+        **outputs("train"),
     params:
-        tracked=tracked(*TRAINING_KEYS.values()),
-    threads: max(1, workflow.cores // len(FOLDS))
+        tracked=tracked("train"),
+    threads: max(1, workflow.cores // len(config["split"]["fold_ids"]))
     resources:
         gpu=GPU,
     log:
         "logs/train_{fold}.log",
     shell:
-        "python -m stages.train {input.images} {input.folds} {wildcards.fold} results/train/fold_{wildcards.fold}"
-        " 2>&1 | tee {log}"
+        command("train")
 
 
 rule final:
     message:
         "Training the final model on every image"
     input:
-        images="data/processed/images",
-        folds="data/processed/folds.csv",
-        code=code("train"),
+        **inputs("final"),
     output:
-        model="results/train/final/model.pt",
-        metrics="results/train/final/metrics.json",
-        history="results/train/final/history.csv",
+        **outputs("final"),
     params:
-        tracked=tracked(*TRAINING_KEYS.values()),
+        tracked=tracked("final"),
     threads: workflow.cores
     resources:
         gpu=GPU,
     log:
         "logs/final.log",
     shell:
-        "python -m stages.train {input.images} {input.folds} all results/train/final 2>&1 | tee {log}"
+        command("final")

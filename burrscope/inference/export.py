@@ -8,22 +8,25 @@ images; a larger difference than TOLERANCE stops the stage with nothing written.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from PIL import Image
 from torch import nn
 
 from burrscope.errors import DataError, UserError
 from burrscope.files import atomic_dir, sha256_file, write_text_atomic
-from burrscope.inference import Ensemble
-from burrscope.models import standardise
-from burrscope.tables import read_table
-from burrscope.views import mean_softmax
+from burrscope.inference.ensemble import Ensemble
+from burrscope.models.factory import standardise
+from burrscope.models.symmetries import mean_softmax
+from burrscope.tables import EXPORT_SUMMARY, ONNX, TORCHSCRIPT, read_table
 
 # Runtimes reorder the same float32 arithmetic: for 5 EfficientNet-Lite0 at 224 px ONNX Runtime differs by 3e-6,
 # TorchScript by 0. 1e-4 is far above that and far below any difference that could move a decision.
@@ -32,7 +35,9 @@ PARITY_IMAGES = 16
 # torch.export treats a dimension of size 0 or 1 as fixed, so the example batch must be larger to stay dynamic.
 EXAMPLE_BATCH = 2
 INPUT, OUTPUT = "image", "probabilities"
-TORCHSCRIPT, ONNX, SUMMARY = "model.ts", "model.onnx", "export.json"
+UNREPRODUCIBLE_RECORDS = (".debug_pkl", "/.data/serialization_id")
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold, as torch's own archives use
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 
 class ExportError(UserError):
@@ -75,29 +80,53 @@ def parity_images(folds_csv: Path, images_dir: Path, img_size: int, limit: int =
     return torch.stack(batch).float() / 255
 
 
+def reproducible_archive(archive: bytes) -> bytes:
+    """A TorchScript archive without what differs between two saves of the same model: the debug records
+    (`*.debug_pkl`: Python stack traces that name this checkout's and this venv's files; torch.jit.load does without
+    them) and `.data/serialization_id`, which hashes them. The rest is copied in order, stored, dated 1980."""
+    source, rebuilt = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
+    with zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_STORED) as target:
+        for record in source.infolist():
+            if not record.filename.endswith(UNREPRODUCIBLE_RECORDS):
+                target.writestr(zipfile.ZipInfo(record.filename, ZIP_EPOCH), source.read(record))
+    return rebuilt.getvalue()
+
+
 def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         # Mean and std are constants by design; TorchScript is deprecated but still what torch.jit.load serves.
         warnings.filterwarnings("ignore", "torch.tensor results are registered as constants")
         warnings.filterwarnings("ignore", r"`torch\.jit\.trace(_method)?` is deprecated")
+        warnings.filterwarnings("ignore", r"`torch\.jit\.save` is deprecated")
         # check_trace re-traces and compares graphs, 20 times slower than tracing; check_parity compares outputs.
-        torch.jit.trace(module, example, check_trace=False).save(str(path))
+        archive = io.BytesIO()
+        torch.jit.save(torch.jit.trace(module, example, check_trace=False), archive)
+    path.write_bytes(reproducible_archive(archive.getvalue()))
+
+
+def without_stack_traces(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ONNX model without the Python stack trace the exporter records on each node: it names this checkout's
+    files, so the same model exported from two clones would differ."""
+    for node in [*model.graph.node, *(node for function in model.functions for node in function.node)]:
+        kept = [entry for entry in node.metadata_props if entry.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return model
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     # The torch.export-based exporter (needs onnxscript): the TorchScript-based one is deprecated since 2.9.
-    # external_data=False keeps the weights inside the one file (the 2 GB protobuf limit is far off).
-    torch.onnx.export(
+    program = torch.onnx.export(
         module,
         (example,),
-        str(path),
         dynamo=True,
-        external_data=False,
         verbose=False,
         input_names=[INPUT],
         output_names=[OUTPUT],
         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
     )
+    # One file with the weights inside (the 2 GB protobuf limit is far off), serialised field by field in order.
+    path.write_bytes(without_stack_traces(program.model_proto).SerializeToString(deterministic=True))
 
 
 def load_torchscript(path: Path | str) -> torch.jit.ScriptModule:
@@ -190,5 +219,5 @@ def write_exports(ensemble: Ensemble, images: torch.Tensor, threshold: float, ou
         summary = describe(ensemble, threshold, parity, tmp)
         # Replaced once MLflow is done; "pending" stays only if the stage is killed in between.
         summary["mlflow"] = {"status": "pending"}
-        write_text_atomic(tmp / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(tmp / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,12 +1,23 @@
-"""Where a stage's wall time goes: seconds per phase, from the moment the process started."""
+"""A stage run's bookkeeping: where its wall time goes (seconds per phase, from the moment the process started), and
+its record under logs/ (seconds, MLflow's outcome, a resumed checkpoint).
+
+Such facts differ from run to run of the same inputs, so they never go into a tracked output: rerunning an unchanged
+commit must leave `git status` clean. logs/ is git-ignored; MLflow keeps them too.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from burrscope.files import write_text_atomic
+
+LOG_DIR = Path("logs")  # relative to the workspace, where every stage runs
 
 
 def seconds_since_process_start() -> float | None:
@@ -39,3 +50,10 @@ class Stopwatch:
 
     def rounded(self) -> dict[str, float]:
         return {phase: round(seconds, 3) for phase, seconds in self.seconds.items()}
+
+
+def write_run_log(name: str, record: dict[str, Any]) -> Path:
+    """logs/<name>.json: this run's bookkeeping, replacing the last run's."""
+    path = LOG_DIR / f"{name}.json"
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    return path

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from burrscope.tracking import PARENT_RUN_TAG, Connection
+from burrscope.tracking.store import PARENT_RUN_TAG, Connection
 
 CHAMPION = "champion"
 # The figure a version must beat the champion on: pooled out-of-fold balanced accuracy, which weighs a missed burr

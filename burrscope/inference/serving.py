@@ -1,6 +1,6 @@
 """The registered MLflow model: raw image file bytes in, the decided label and each class's probability out.
 
-It ships the TorchScript export and only the modules this one imports (burrscope.registry copies them), never
+It ships the TorchScript export and only the modules this one imports (burrscope.tracking.registry copies them), never
 the training code or the stages.
 """
 
@@ -24,8 +24,9 @@ from PIL import Image
 
 from burrscope.classes import decide, prob_column
 from burrscope.errors import DataError
-from burrscope.export import INPUT, TORCHSCRIPT, load_torchscript
-from burrscope.inference import BATCH, preprocess
+from burrscope.inference.ensemble import BATCH, preprocess
+from burrscope.inference.export import INPUT, load_torchscript
+from burrscope.tables import TORCHSCRIPT
 
 EXAMPLE_PX = 64  # side of the small raw PNGs that serve as the MLflow input example
 # What RawImageClassifier and the modules it runs import, pinned to this environment's versions. MLflow's own
@@ -51,7 +52,7 @@ def file_bytes(row: object, value: object) -> bytes:
 class RawImageClassifier(mlflow.pyfunc.PythonModel):
     """Raw image file bytes in (column `image`), the decided label and each class's probability out.
 
-    Each image goes through the pipeline's own preprocessing (burrscope.inference.preprocess: composite,
+    Each image goes through the pipeline's own preprocessing (burrscope.inference.ensemble.preprocess: composite,
     pad, resize), then the TorchScript model. model_config holds classes, threshold, img_size and background.
     """
 

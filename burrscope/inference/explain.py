@@ -23,12 +23,12 @@ from PIL import Image
 from torch import nn
 
 from burrscope.classes import prob_column
+from burrscope.data.naming import png_names
 from burrscope.errors import UserError
 from burrscope.files import atomic_dir, atomic_path
-from burrscope.models import Normalisation, standardise
-from burrscope.naming import png_names
+from burrscope.models.factory import Normalisation, standardise
+from burrscope.tables import HEATMAPS
 
-HEATMAPS_CSV = "heatmaps.csv"
 EXPLAIN_BATCH = 16  # the backward pass keeps every activation: bound the memory per step
 COLOUR_MAP = "jet"
 MAX_ALPHA = 0.6  # weight of the colour where the heat is 1; where it is 0 the photo shows unchanged
@@ -125,6 +125,7 @@ def explain_fold(
     images: torch.Tensor,
     normalisation: Normalisation,
     table: pd.DataFrame,
+    *,
     classes: list[str],
     correct: int,
     out_dir: Path,
@@ -163,7 +164,7 @@ def explain_fold(
     with atomic_dir(out_dir) as tmp:
         for name, image, heat_map in zip(result["heatmap"], pixels, heat_maps, strict=True):
             overlay(image, heat_map).save(tmp / name)
-        result.to_csv(tmp / HEATMAPS_CSV, index=False)
+        result.to_csv(tmp / HEATMAPS, index=False)
     return result
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from burrscope.data.folders import list_images, parallel_map
+from burrscope.data.images import BadImage, inspect_image
+from burrscope.data.labels import label_problems, match_names, read_labels
+from burrscope.data.naming import assign_names
 from burrscope.errors import DataError
 from burrscope.files import atomic_dir, sha256_file, write_text_atomic
-from burrscope.folders import list_images, parallel_map
-from burrscope.images import BadImage, inspect_image
-from burrscope.labels import label_problems, match_names, read_labels
-from burrscope.naming import assign_names
 
 
 def print_warning(message: str) -> None:
@@ -41,11 +41,39 @@ def _examine(path: Path) -> tuple[tuple[int, int, str] | BadImage, str]:
     return header, _sha256_or_blank(path)
 
 
+def manifest_row(
+    name: str,
+    labels: pd.DataFrame,
+    examined: tuple[tuple[int, int, str] | BadImage, str],
+    names: dict[str, tuple[str, str]],
+) -> dict[str, str | int]:
+    """The manifest's row of the raw image `name`: `labels` indexed by file, what `_examine` found, and
+    (normalised name, collision) of every kept image."""
+    header, sha256 = examined
+    normalised, collision = names.get(name, ("", ""))
+    width, height, mode = ("", "", "") if isinstance(header, BadImage) else header
+    row = {
+        "original_name": name,
+        "normalised_name": normalised,
+        "label": labels.at[name, "label"],
+        "sha256": sha256,
+        "width": width,
+        "height": height,
+        "mode": mode,
+        "collision": collision,
+        "skipped": str(header) if isinstance(header, BadImage) else "",
+    }
+    if "group" in labels.columns:
+        row["group"] = labels.at[name, "group"]
+    return row
+
+
 def build_manifest(
     raw_dir: Path,
     labels_csv: Path,
     on_bad_image: str = "error",
     classes: Sequence[object] | None = None,
+    *,
     workers: int | None = None,
     warn: Callable[[str], None] = print_warning,
 ) -> pd.DataFrame:
@@ -58,7 +86,7 @@ def build_manifest(
     on_bad_image="error" raises DataError listing every unusable image; "skip" keeps their rows with the
     reason in `skipped` and no normalised name (nothing is copied for them). Labels problems (including
     labels outside `classes`, when given) always raise DataError listing every problem. Images are decoded
-    and hashed on every core (workers as in burrscope.folders.parallel_map); the result does not depend on it.
+    and hashed on every core (workers as in burrscope.data.folders.parallel_map); the result does not depend on it.
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
@@ -79,27 +107,8 @@ def build_manifest(
     kept = [path for path in paths if path.name not in bad]
     if not kept:
         raise DataError(f"{raw_dir}: all {len(paths)} images are unusable (skipped); fix or replace them.")
-    by_file = labels.set_index("file")
     names = dict(zip([path.name for path in kept], assign_names([path.name for path in kept]), strict=True))
-    rows = []
-    for path in paths:
-        normalised, collision = names.get(path.name, ("", ""))
-        header, sha256 = examined[path.name]
-        width, height, mode = ("", "", "") if path.name in bad else header
-        row = {
-            "original_name": path.name,
-            "normalised_name": normalised,
-            "label": by_file.at[path.name, "label"],
-            "sha256": sha256,
-            "width": width,
-            "height": height,
-            "mode": mode,
-            "collision": collision,
-            "skipped": bad.get(path.name, ""),
-        }
-        if "group" in by_file.columns:
-            row["group"] = by_file.at[path.name, "group"]
-        rows.append(row)
+    rows = [manifest_row(path.name, labels.set_index("file"), examined[path.name], names) for path in paths]
     manifest = pd.DataFrame(rows).assign(_skip=lambda t: t.skipped != "")
     return manifest.sort_values(["_skip", "normalised_name", "original_name"], ignore_index=True).drop(columns="_skip")
 
@@ -109,12 +118,13 @@ def normalise_folder(
     labels_csv: Path,
     out_dir: Path,
     manifest_csv: Path,
+    *,
     on_bad_image: str = "error",
     classes: Sequence[object] | None = None,
     workers: int | None = None,
 ) -> pd.DataFrame:
     """Copy each usable raw image byte-for-byte to out_dir/<normalised_name>, then write the manifest."""
-    manifest = build_manifest(raw_dir, labels_csv, on_bad_image, classes, workers)
+    manifest = build_manifest(raw_dir, labels_csv, on_bad_image, classes, workers=workers)
     with atomic_dir(out_dir) as tmp:
         for row in manifest[manifest.skipped == ""].itertuples():
             shutil.copyfile(Path(raw_dir) / row.original_name, tmp / row.normalised_name)

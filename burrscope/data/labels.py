@@ -118,11 +118,17 @@ def label_problems(
     labels: pd.DataFrame, image_names: Sequence[str], classes: Sequence[object] | None = None
 ) -> list[str]:
     """Every disagreement between the labels table, the image names and the declared classes, one line each."""
+    paths = labels.file.str.contains(PATH_LIKE)
+    named = labels[(labels.file != "") & ~paths]
+    return [*row_problems(labels, paths, classes), *matching_problems(named, image_names)]
+
+
+def row_problems(labels: pd.DataFrame, paths: pd.Series, classes: Sequence[object] | None) -> list[str]:
+    """What is wrong with the rows themselves: blanks, paths, fractional or undeclared labels, repeats, groups."""
     problems = [f"line {row.line}: no file name" for row in labels.itertuples() if row.file == ""]
     problems += [
         f"line {row.line} ({row.file}): empty label" for row in labels.itertuples() if row.file and not row.label
     ]
-    paths = labels.file.str.contains(PATH_LIKE)
     problems += [
         f"line {row.line} ({row.file}): a path, not a file name; name files as they appear inside the raw "
         "folder (data.raw_dir), without folders: nothing outside it is ever read"
@@ -143,8 +149,7 @@ def label_problems(
             for row in given.itertuples()
             if row.label not in allowed
         ]
-    named = labels[(labels.file != "") & ~paths]
-    for file, rows in named.groupby("file", sort=True):
+    for file, rows in labels[(labels.file != "") & ~paths].groupby("file", sort=True):
         if len(rows) > 1:
             problems.append(f"{file}: listed {len(rows)} times, lines {', '.join(map(str, rows.line))}; keep one")
     if "group" in labels.columns and (labels.group != "").any():
@@ -154,6 +159,11 @@ def label_problems(
             for row in labels.itertuples()
             if not row.group
         ]
+    return problems
+
+
+def matching_problems(named: pd.DataFrame, image_names: Sequence[str]) -> list[str]:
+    """Images without a labels row and rows without an image, each with the likeliest fix."""
     images = set(image_names)
     unmatched = named[~named.file.isin(images)]
     # A near miss (case, stray spaces, decomposed accents, another extension) is the usual cause: point at
@@ -161,6 +171,7 @@ def label_problems(
     near = {_loose(row.file): row.line for row in unmatched.itertuples()}
     near_stem = {_loose(Path(row.file).stem): row for row in unmatched.itertuples()}
     listed = set(named.file)
+    problems = []
     for name in image_names:
         if name not in listed:
             hint = ""

@@ -9,9 +9,9 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from burrscope.classes import class_order
+from burrscope.data.naming import output_name
 from burrscope.errors import DataError
 from burrscope.files import write_text_atomic
-from burrscope.naming import output_name
 from burrscope.tables import FOLD_COLUMNS
 
 FIX = "lower split.folds (and split.fold_ids) in params.yaml or add images"

@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from burrscope.champion import EXPORT_RUN, PIPELINE_RUN_TAG, settle
-from burrscope.codegraph import code_files
-from burrscope.export import SUMMARY
 from burrscope.files import write_text_atomic
+from burrscope.inference.serving import mlflow_model
 from burrscope.params import Params, Recipe
-from burrscope.provenance import git_tags
-from burrscope.serving import mlflow_model
-from burrscope.tracking import (
+from burrscope.pipeline.codegraph import PROJECT_ROOT, code_files
+from burrscope.tables import EXPORT_SUMMARY
+from burrscope.tracking.champion import EXPORT_RUN, PIPELINE_RUN_TAG, settle
+from burrscope.tracking.provenance import git_tags
+from burrscope.tracking.store import (
     PARENT_RUN_TAG,
     Recorder,
     connect,
@@ -29,19 +29,20 @@ from burrscope.tracking import (
     workspace_root,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SERVING_MODULE = "burrscope.serving"
+SERVING_MODULE = "burrscope.inference.serving"
 SOURCE = "stages/export.py"
 PARITY_METRIC = "parity/{}"  # max abs difference from PyTorch per exported file; MLflow groups metrics by prefix/
 
 
 def ship_code(dest: Path) -> Path:
     """A copy of the modules this one runs (codegraph), as a `burrscope` package in `dest`: the model's code."""
-    for name in code_files(PROJECT_ROOT, SERVING_MODULE):
+    names = code_files(PROJECT_ROOT, SERVING_MODULE)
+    for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_ROOT / name, target)
-    (dest / "burrscope" / "__init__.py").touch()
+    for folder in {Path(name).parent for name in names}:
+        (dest / folder / "__init__.py").touch()  # a package whose __init__ only documents it is not in `names`
     return dest / "burrscope"
 
 
@@ -50,6 +51,7 @@ def log_export(
     folds: int,
     folds_csv: Path,
     registered_model: str,
+    *,
     model: Mapping[str, Any],
     tags: Mapping[str, str],
     parity: Mapping[str, float] | None = None,
@@ -124,7 +126,7 @@ def model_card(summary: Mapping[str, Any], params: Params) -> dict[str, str]:
 
 
 def register(
-    summary: dict[str, Any], out_dir: Path, images: torch.Tensor, params: Params, folds_csv: Path
+    summary: dict[str, Any], out_dir: Path, images: torch.Tensor, params: Params, *, folds_csv: Path
 ) -> dict[str, Any]:
     """Log the written export as an MLflow model under the pipeline run's parent, register it, and record the
     outcome in export.json; the summary as written. MLflow failures are recorded there, never raised."""
@@ -136,13 +138,13 @@ def register(
             params.folds,
             folds_csv,
             params.mlflow.registered_model,
-            model,
-            tags,
-            summary["parity"]["max_abs_diff"],
-            model_card(summary, params),
+            model=model,
+            tags=tags,
+            parity=summary["parity"]["max_abs_diff"],
+            card=model_card(summary, params),
         )
     # export.json is committed: name the default store relative to the workspace, not by this machine's path.
     outcome["tracking_uri"] = outcome["tracking_uri"].replace(f"sqlite:///{workspace_root()}/", "sqlite:///")
     summary = {**summary, "mlflow": outcome}
-    write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out_dir / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from PIL import Image
 
+from burrscope.data.naming import output_name
 from burrscope.errors import DataError
 from burrscope.files import atomic_dir
-from burrscope.naming import output_name
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Clutter that file managers drop into photo folders; anything starting with "." is hidden too.
@@ -112,6 +112,7 @@ def map_folder(
     out_dir: Path,
     transform: Callable[[Image.Image], Image.Image],
     compress_level: int = 6,
+    *,
     workers: int | None = None,
 ) -> int:
     """Write transform(image) as `<stem>.png` per image in `in_dir`; `out_dir` appears whole or not at all.

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGES = ("burrscope", "stages")
+# The repository (or installed tree) that holds the `burrscope` package and `stages/`.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def module_file(root: Path, module: str) -> Path | None:
@@ -38,8 +40,8 @@ def _skipped(tree: ast.AST) -> set[int]:
     }
 
 
-def _imported_names(tree: ast.AST) -> Iterator[str]:
-    """Dotted names an import statement could bind to a module, for every import that runs."""
+def imported_modules(tree: ast.AST) -> Iterator[str]:
+    """Dotted names an import statement could bind to a module, for every absolute import that runs."""
     skipped = _skipped(tree)
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -86,7 +88,7 @@ def code_files(root: Path, module: str) -> list[str]:
             found.add(path)
         found.update(_assets(tree, path))
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
-        for imported in [*parents, *_imported_names(tree)]:
+        for imported in [*parents, *imported_modules(tree)]:
             if imported.split(".")[0] in PACKAGES and imported not in seen:
                 seen.add(imported)
                 todo.append(imported)

@@ -8,13 +8,14 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, RunStatus
 
-from burrscope.champion import THRESHOLD_METRIC, settle_parent
 from burrscope.params import Recipe
 from burrscope.tables import FOLD_COLUMNS, read_table
-from burrscope.tracking import Recorder, connect, pipeline_key
+from burrscope.tracking.champion import THRESHOLD_METRIC, settle_parent
+from burrscope.tracking.store import Recorder, connect, pipeline_key
 
 COUNTS = ("missed", "false_alarms")  # at the threshold, as aggregate names them
 
@@ -40,11 +41,20 @@ def decision_metrics(aggregate_dir: Path) -> dict[str, float]:
     return found | {f"oof_{name}": float(value) for name, value in errors.items() if name in COUNTS}
 
 
+def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """Flat names for the MLflow parent run: cv_<metric>_mean / _std across folds, oof_<metric> pooled."""
+    flat = {f"oof_{name}": value for name, value in summary["overall"].items()}
+    flat.update({f"cv_{name}_mean": value for name, value in summary["mean"].items()})
+    flat.update({f"cv_{name}_std": value for name, value in summary["std"].items()})
+    return flat
+
+
 def log_aggregate(
     recipe: Recipe,
     folds_csv: Path,
     metrics: Mapping[str, float],
     artifacts: list[Path],
+    *,
     aggregate_dir: Path | None = None,
 ) -> tuple[str | None, str]:
     """Log the cross-validated summary (and, from `aggregate_dir`, decision_metrics) to this pipeline run's parent,

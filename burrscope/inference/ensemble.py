@@ -21,11 +21,12 @@ from PIL import Image
 from torch import nn
 
 from burrscope.classes import decide, prob_column
+from burrscope.data.folders import IMAGE_EXTENSIONS, list_images
+from burrscope.data.images import RGB, BadImage, composite_on_background, inspect_image, prepare_input
 from burrscope.errors import DataError, UserError
-from burrscope.folders import IMAGE_EXTENSIONS, list_images
-from burrscope.images import RGB, BadImage, composite_on_background, inspect_image, prepare_input
-from burrscope.models import Normalisation, build_model, standardise
-from burrscope.views import View, mean_softmax, tta_views
+from burrscope.models.factory import Normalisation, build_model, standardise
+from burrscope.models.symmetries import View, mean_softmax, tta_views
+from burrscope.tables import FINAL_MODEL_DIR, MODEL
 
 BATCH = 32
 DEFAULT_THRESHOLD = 0.5  # for two classes, the same call as the most probable class
@@ -49,7 +50,7 @@ class Ensemble:
 
 def find_checkpoints(models_dir: Path) -> list[Path]:
     """Every `fold_<k>/model.pt` under models_dir, in fold order (fold_10 after fold_2)."""
-    found = [p for p in Path(models_dir).glob("fold_*/model.pt") if FOLD_DIR.fullmatch(p.parent.name)]
+    found = [p for p in Path(models_dir).glob(f"fold_*/{MODEL}") if FOLD_DIR.fullmatch(p.parent.name)]
     if not found:
         raise UserError(
             f"no trained models found (no {models_dir}/fold_*/model.pt); run the pipeline first "
@@ -58,14 +59,11 @@ def find_checkpoints(models_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(FOLD_DIR.fullmatch(p.parent.name).group(1)))
 
 
-FINAL_DIR = "final"  # the `final` stage's model: <train dir>/final/model.pt
-
-
 def chosen_checkpoints(models_dir: Path, final: list[str]) -> list[Path]:
     """The models that predict and export use: the final model when params `predict.final` is [all], else the folds."""
     if not final:
         return find_checkpoints(models_dir)
-    path = Path(models_dir) / FINAL_DIR / "model.pt"
+    path = Path(models_dir) / FINAL_MODEL_DIR / MODEL
     if not path.is_file():
         raise UserError(
             f"predict.final is [all] but {path} does not exist; run the pipeline (`dvc repro` or "

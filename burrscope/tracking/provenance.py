@@ -27,7 +27,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_USER,
 )
 
-from burrscope.gitinfo import changed_files, git, without_credentials
+from burrscope.tracking.gitinfo import changed_files, git, without_credentials
 
 CHANGED_TAG = "git.changed"  # which tracked files differ from the commit, when mlflow.source.git.dirty is true
 CHANGED_LIMIT = 500  # characters: enough to name what differs, well below MLflow's tag size limit
@@ -109,7 +109,7 @@ def labels_input(labels_csv: Path | None, root: Path) -> list[DatasetInput]:
         return []
     try:
         table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
-    except (OSError, ValueError):  # missing, or a spreadsheet export that only burrscope.labels reads
+    except (OSError, ValueError):  # missing, or a spreadsheet export that only burrscope.data.labels reads
         return []
     if "label" not in table.columns:
         return []

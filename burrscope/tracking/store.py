@@ -31,12 +31,12 @@ import pandas as pd
 from mlflow.entities import DatasetInput, Param
 from mlflow.tracking import MlflowClient
 
-from burrscope import artifact_store
 from burrscope.errors import UserError
 from burrscope.files import workspace_root
 from burrscope.params import Recipe
-from burrscope.provenance import run_tags
 from burrscope.tables import FOLD_COLUMNS, read_table
+from burrscope.tracking import artifact_store
+from burrscope.tracking.provenance import run_tags
 
 PIPELINE_KEY_TAG = "burrscope_pipeline_key"
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -157,7 +157,7 @@ class Connection:
             self.client.log_batch(run_id, params=items[start : start + BATCH_LIMIT])
 
     def create_run(
-        self, name: str, source: str, tags: Mapping[str, str], inputs: list[DatasetInput], pipeline: bool = False
+        self, name: str, source: str, tags: Mapping[str, str], inputs: list[DatasetInput], *, pipeline: bool = False
     ) -> str:
         """A new run with `tags`, where it came from (`source`: the script, git, user, DVC; `pipeline`: a parent,
         provenance.run_tags) and its datasets."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from burrscope.errors import UserError
-from burrscope.models import Normalisation, standardise
+from burrscope.models.factory import Normalisation, standardise
 
 
 class DeviceError(UserError):

@@ -10,9 +10,8 @@ import torch
 
 from burrscope.classes import class_order
 from burrscope.errors import DataError
-from burrscope.tensors import load_images
-
-FINAL = "all"  # the fold argument that trains the final model on every image, with nothing held out
+from burrscope.models.tensors import load_images
+from burrscope.params import FINAL_ITEM
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class FoldData:
 
     @property
     def final(self) -> bool:
-        return self.fold == FINAL
+        return self.fold == FINAL_ITEM
 
     def placed(self, device: torch.device) -> FoldData:
         """The images on the GPU when training there, so batches never cross the bus; labels where images are.
@@ -63,8 +62,8 @@ def all_images(data: FoldData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def fold_rows(folds: pd.DataFrame, fold: int | str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, held-out rows) of the fold table; FINAL trains on every row and holds none out."""
-    if fold == FINAL:
+    """(training rows, held-out rows) of the fold table; FINAL_ITEM trains on every row and holds none out."""
+    if fold == FINAL_ITEM:
         return folds, folds[:0]
     if fold not in set(folds["fold"]):
         raise DataError(f"fold {fold} has no images in the folds CSV (folds present: {sorted(set(folds['fold']))}).")

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from mlflow.entities import DatasetInput, Metric, RunStatus, RunTag
 
 from burrscope.params import Recipe
-from burrscope.provenance import fold_inputs, labels_input
-from burrscope.tracking import (
+from burrscope.tracking.provenance import fold_inputs, labels_input
+from burrscope.tracking.store import (
     PARENT_RUN_TAG,
     PIPELINE_KEY_TAG,
     PROBE_LIMITS,
@@ -34,7 +34,7 @@ from burrscope.tracking import (
 if TYPE_CHECKING:  # models imports torch; the type is all this module needs
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    from burrscope.models import Weights
+    from burrscope.models.factory import Weights
 
 SOURCE = "stages/train.py"
 STEP = "epoch"  # a history row's epoch is the step its scores are logged at, never a metric of its own
@@ -67,7 +67,7 @@ class FoldRun:
     """
 
     def __init__(
-        self, recipe: Recipe, folds: int, folds_csv: Path, fold: int | str, labels_csv: Path | None = None
+        self, recipe: Recipe, folds: int, folds_csv: Path, fold: int | str, *, labels_csv: Path | None = None
     ) -> None:
         self.connection = connect(recipe.experiment)
         self.monitor: SystemMetricsMonitor | None = None
@@ -159,13 +159,15 @@ class FoldRun:
         if self.recorder.failure:
             self._terminate(RunStatus.FAILED)
 
-    def finish(self, weights: Weights, artifacts: list[Path]) -> str:
-        """Log the weights and artifacts and close the run; the final `status`."""
+    def finish(self, weights: Weights, artifacts: list[Path], seconds: Mapping[str, float] | None = None) -> str:
+        """Log the weights, the artifacts and the `seconds` spent per phase (as tags `seconds.<phase>`: the scores,
+        not the clock, are what fold comparisons chart), and close the run; the final `status`."""
         client = self.connection.client
         self._stop_monitor()
 
         def log() -> None:
             tags = [RunTag("weights.name", weights.name), RunTag("weights.sha256", weights.sha256 or "none")]
+            tags += [RunTag(f"seconds.{phase}", str(value)) for phase, value in (seconds or {}).items()]
             client.log_batch(self.run_id, tags=tags)
             for path in artifacts:
                 client.log_artifact(self.run_id, str(path))

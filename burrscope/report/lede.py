@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from burrscope.intervals import wilson_interval
+from burrscope.evaluation.intervals import wilson_interval
+from burrscope.evaluation.scores import error_counts
 from burrscope.report.sections import Namer, num
 
 
@@ -29,18 +30,14 @@ class Counts:
 
 
 def count(predictions: pd.DataFrame, classes: Sequence[str]) -> Counts:
-    right = predictions["label"] == predictions["predicted"]
-    if len(classes) != 2:
-        return Counts(len(predictions), int(right.sum()))
-    positive = predictions["label"] == classes[-1]
-    return Counts(
-        len(predictions),
-        int(right.sum()),
-        positives=int(positive.sum()),
-        missed=int((positive & ~right).sum()),
-        negatives=int((~positive).sum()),
-        false_alarms=int((~positive & ~right).sum()),
-    )
+    """The pooled predictions, counted; missed burrs and false alarms as the aggregate stage counts them."""
+    correct = int((predictions["label"] == predictions["predicted"]).sum())
+    errors = error_counts(predictions, list(classes))
+    if errors is None:
+        return Counts(len(predictions), correct)
+    positives = int((predictions["label"] == classes[-1]).sum())
+    return Counts(len(predictions), correct, positives, errors["missed"], len(predictions) - positives,
+                  errors["false_alarms"])  # fmt: skip
 
 
 def percent(share: float) -> str:
@@ -88,7 +85,7 @@ def tiles(summary: Mapping[str, Any], counts: Counts, classes: Sequence[str], na
     return [{"label": label, "value": value, "detail": detail, "n": n} for label, value, detail, n in shown]
 
 
-def headline(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], model: str) -> dict[str, Any]:
+def lede(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], model: str) -> dict[str, Any]:
     """The pooled scores (roc_auc None if not scored), the data, the model and the exact weights it started from.
 
     `optimistic` is True when any fold kept its best epoch (train.keep: best), chosen on its held-out images:

@@ -1,0 +1,1 @@
+"""Networks: backbones and their weights, their blocks, where they run, their inputs, the square's symmetries."""

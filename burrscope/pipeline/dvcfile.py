@@ -1,0 +1,158 @@
+"""Write dvc.yaml from the pipeline's stages (graph.py) and the code each one runs (codegraph.py).
+
+    python -m burrscope.pipeline.dvcfile           # rewrite dvc.yaml
+    python -m burrscope.pipeline.dvcfile --check   # exit 1 if dvc.yaml is not what it would write (CI, tests)
+
+What only DVC has, the plots that `dvc plots show` draws and the exported model's artifact entry, is defined here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from burrscope.files import write_text_atomic
+from burrscope.pipeline.codegraph import PROJECT_ROOT, stage_code
+from burrscope.pipeline.graph import AGGREGATE, EXPORT, STAGES, Output, Stage
+from burrscope.tables import CALIBRATION, CONFUSION, ONNX, POOLED_HISTORY, ROC, THRESHOLDS
+
+DVC_FILE = "dvc.yaml"
+HEADER = """\
+# The Burrscope pipeline for DVC. Written by `python -m burrscope.pipeline.dvcfile` from burrscope/pipeline/graph.py,
+# which the Snakemake rules in workflow/ read too: edit that file and rerun the command (the tests fail while this one
+# is stale). Each stage's code deps are exactly the files its command runs (burrscope/pipeline/codegraph.py).
+"""
+PLOTS_NOTE = """\
+# What `dvc plots show` draws, into a page that carries vega itself (.dvc/config: plots.html_template), so it works
+# offline. `simple` joins the points as they are; DVC's default, `linear`, smooths them (loess), which would start a
+# ROC curve that rises to 0.96 at fpr 0 near 0.5. Two templates are the project's own, in .dvc/plots/.
+"""
+ARTIFACTS: dict[str, Any] = {
+    "burr-classifier": {
+        "path": f"{EXPORT}/{ONNX}",
+        "type": "model",
+        "desc": "The chosen Burrscope model (fold ensemble, or the final model with predict.final: [all]) as ONNX: "
+        "float32 N x 3 x S x S RGB in [0, 1], composited, padded and resized as the pipeline does; outputs class "
+        "probabilities. results/export/export.json gives the classes, input size, threshold and TorchScript twin.",
+        "labels": ["burr", "classifier", "onnx"],
+    }
+}
+PLOTS: list[dict[str, Any]] = [
+    {
+        f"{AGGREGATE}/{CONFUSION}": {
+            "template": "confusion",
+            "title": "Confusion matrix of the pooled out-of-fold predictions, at predict.threshold",
+            "x": "predicted",
+            "y": "actual",
+        }
+    },
+    {
+        f"{AGGREGATE}/{ROC}": {
+            "template": "simple",
+            "title": "ROC curve of the positive class, pooled out-of-fold",
+            "x": "fpr",
+            "y": "tpr",
+            "x_label": "false positive rate",
+            "y_label": "true positive rate (recall)",
+        }
+    },
+    {
+        f"{AGGREGATE}/{THRESHOLDS}": {
+            "template": "simple",
+            "title": "Precision and recall of the positive class against the decision threshold",
+            "x": "threshold",
+            "y": ["precision", "recall"],
+            "x_label": "decision threshold",
+            "y_label": "precision, recall",
+        }
+    },
+    {
+        f"{AGGREGATE}/{CALIBRATION}": {
+            "template": "reliability",
+            "title": "Calibration, observed share of positives against mean predicted probability per bin",
+            "x": "mean_predicted",
+            "y": "fraction_positive",
+            "x_label": "mean predicted probability of the positive class",
+            "y_label": "observed share of positives",
+        }
+    },
+    {
+        f"{AGGREGATE}/{POOLED_HISTORY}": {
+            "template": "per_fold",
+            "title": "Validation loss per epoch, every fold",
+            "x": "epoch",
+            "y": "val_loss",
+            "y_label": "validation loss",
+        }
+    },
+]
+
+
+def dvc_path(path: str) -> str:
+    """A graph path as dvc.yaml writes it: `{fold}` is foreach's `${item}`, `{data.raw_dir}` a params value."""
+    return re.sub(r"\{(fold|[a-z_]+\.[a-z_.]+)\}", lambda m: "${item}" if m[1] == "fold" else f"${{{m[1]}}}", path)
+
+
+def _output(output: Output) -> str | dict[str, Any]:
+    return dvc_path(output.path) if output.cache else {dvc_path(output.path): {"cache": False}}
+
+
+def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
+    """The stage's dvc.yaml mapping: command, data and code deps, params, outputs and metrics."""
+    entry: dict[str, Any] = {
+        "cmd": dvc_path(stage.command_line()),
+        "deps": [dvc_path(path) for path in stage.inputs.values()] + stage_code(root, stage.module),
+        "params": list(stage.params),
+    }
+    outs = [_output(output) for output in stage.outputs.values() if not output.metric]
+    metrics = [_output(output) for output in stage.outputs.values() if output.metric]
+    entry["outs"] = outs
+    if metrics:
+        entry["metrics"] = metrics
+    return {"foreach": f"${{{stage.foreach}}}", "do": entry} if stage.foreach else entry
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists indented under their key, as people write dvc.yaml."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+
+def _dump(value: Any) -> str:
+    return yaml.dump(value, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def render(root: Path = PROJECT_ROOT) -> str:
+    """dvc.yaml's text for the repository at `root`."""
+    blocks = [HEADER, "stages:\n"]
+    for stage in STAGES:
+        note = "".join(f"  # {line}\n" for line in textwrap.wrap(stage.note, 114))
+        body = _dump({stage.name: stage_entry(stage, root)})
+        blocks.append(note + "".join(f"  {line}\n" for line in body.splitlines()) + "\n")
+    blocks += [_dump({"artifacts": ARTIFACTS}), "\n", PLOTS_NOTE, _dump({"plots": PLOTS})]
+    return "".join(blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
+    args = parser.parse_args()
+    path = PROJECT_ROOT / DVC_FILE
+    text = render()
+    if args.check:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            sys.exit(f"{DVC_FILE} is stale: run `python -m burrscope.pipeline.dvcfile` and commit the result.")
+        return
+    write_text_atomic(path, text)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""MLflow: runs, their provenance, the registry. Nothing outside imports mlflow (but inference.serving's model)."""

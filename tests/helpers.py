@@ -1,0 +1,231 @@
+"""What test modules share besides fixtures (conftest.py): the repository, commands run as a user runs them, tiny
+temp copies of the project, and the pipeline graph as DVC and Snakemake each see it.
+
+The graph functions are the only place that touches Snakemake's internals (its DAG has no public API): if a
+Snakemake release changes them, this is the one file to mend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+# One epoch on 32 px inputs in two folds: what a pipeline run in a test needs, where the model is not the point.
+TINY_PROJECT = {"epochs": 1, "batch_size": 4, "resize": {"img_size": 32}, "split": {"folds": 2, "fold_ids": [0, 1]}}
+# Snakemake keeps each job's log with `| tee`; DVC keeps its own. The command itself must match.
+LOG_SUFFIX = re.compile(r"\s*2>&1 \| tee \S+$")
+Node = tuple[str, frozenset[str], frozenset[str], frozenset[str]]  # command, inputs, outputs, param keys
+
+
+@dataclass
+class Server:
+    """scripts/mlflow_server.sh's MLflow server on PostgreSQL."""
+
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        run(["bash", str(SCRIPTS / "mlflow_server.sh"), "stop", str(self.port)], REPO, user_env(REPO))
+
+
+@dataclass
+class Sshd:
+    """scripts/ssh_server.sh's sshd: its port, the user to log in as, the client key, and an empty HOME for the
+    client, so that the caller's ~/.ssh is never read or written."""
+
+    port: int
+    user: str
+    keyfile: Path
+    home: Path
+
+
+def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` applied; a nested mapping changes only the keys it names."""
+    result = dict(base)
+    for key, value in changes.items():
+        result[key] = merged(base[key], value) if isinstance(value, Mapping) and key in base else value
+    return result
+
+
+def run(
+    cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None, *, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The command's result; with check, an assertion error holding its whole output when it fails."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        failed = f"{' '.join(cmd)} failed ({result.returncode})"
+        assert result.returncode == 0, f"{failed}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def output(cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> str:
+    """What a successful command printed, stdout and stderr together."""
+    result = run(cmd, cwd, env)
+    return result.stdout + result.stderr
+
+
+def user_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user with the project's venv activated, none of the caller's MLflow, DVC, Snakemake or
+    SLURM settings, and a git identity."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "SNAKEMAKE_", "SLURM_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.com"
+    env.update(extra)
+    return env
+
+
+def project_files() -> list[str]:
+    """The repository's tracked and new files that a fresh project starts from: no data, results, tests or lock."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO).stdout.split("\0")
+    generated = ("data/", "tests/", "results/", "reports/", ".dvc/")
+    return [name for name in listed if name and not name.startswith(generated) and name != "dvc.lock"]
+
+
+def copy_into(root: Path, name: str) -> None:
+    if (REPO / name).is_file():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+
+
+def make_project(root: Path, *, folds: int = 2, per_class: int = 6, **params: Any) -> Path:
+    """The repository's code, `per_class` demo images per class and tiny params with `folds` folds (`params` merged
+    on top), committed to a fresh git repository with DVC initialised and the project's DVC settings."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in project_files():
+        copy_into(root, name)
+    config = yaml.safe_load((REPO / "params.yaml").read_text())
+    labels = pd.read_csv(REPO / config["data"]["labels"], dtype=str)
+    subset = labels.groupby("label", group_keys=False).head(per_class)
+    raw = root / config["data"]["raw_dir"]
+    raw.mkdir(parents=True)
+    for name in subset["file"]:
+        shutil.copy2(REPO / config["data"]["raw_dir"] / name, raw / name)
+    subset.to_csv(root / config["data"]["labels"], index=False)
+    config = merged(merged(config, TINY_PROJECT), {"split": {"folds": folds, "fold_ids": list(range(folds))}})
+    (root / "params.yaml").write_text(yaml.safe_dump(merged(config, params), sort_keys=False))
+    env = user_env(root)
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    # DVC's settings and plot templates (the offline plots page) only now: `dvc init` refuses an existing .dvc.
+    for name in run(["git", "ls-files", ".dvc"], REPO).stdout.split():
+        copy_into(root, name)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "tiny project"], root, env)
+    return root
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """A copy of a project (git history, DVC cache, MLflow store and all) to change without touching the source."""
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+def raw_folder(root: Path) -> tuple[Path, Path]:
+    """(raw image folder, labels CSV) of a project, as its params.yaml names them."""
+    data = yaml.safe_load((root / "params.yaml").read_text())["data"]
+    return root / data["raw_dir"], root / data["labels"]
+
+
+def add_corrupt_image(root: Path, name: str = "broken.png") -> None:
+    """A labelled PNG cut off after 300 bytes: a photo whose copy broke off."""
+    raw, labels = raw_folder(root)
+    donor = sorted(p for p in raw.iterdir() if p.suffix.lower() == ".png")[0]
+    (raw / name).write_bytes(donor.read_bytes()[:300])
+    with labels.open("a", encoding="utf-8") as table:
+        table.write(f"{name},1\n")
+
+
+def fold_metrics(path: Path) -> dict[str, Any]:
+    """A fold's metrics.json without MLflow's outcome, which differs between two runs of the same fold."""
+    metrics = json.loads(path.read_text())
+    metrics.pop("mlflow", None)
+    return metrics
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stages_run(printed: str) -> set[str]:
+    """The stages `dvc repro` or `dvc exp run` says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", printed))
+
+
+def mlflow_runs(db: Path) -> list[tuple[str, str, str | None]]:
+    """(run id, run name, parent run id) of every run in a sqlite store."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT r.run_uuid, r.name, t.value FROM runs r LEFT JOIN tags t "
+            "ON t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'"
+        ).fetchall()
+
+
+def dvc_nodes(root: Path) -> dict[str, Node]:
+    """dvc.yaml's stages; a folder dep stands for the outputs other stages write inside it."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    repo = Repo.init(str(root), no_scm=True, force=True)
+    stages = list(repo.index.stages)
+    outs = [o.def_path for st in stages for o in st.outs]
+
+    def expand(path: str) -> set[str]:
+        inside = {o for o in outs if o.startswith(path.rstrip("/") + "/")}
+        return inside or {path}
+
+    nodes = {}
+    for st in stages:
+        deps = {p for d in st.deps if not isinstance(d, ParamsDependency) for p in expand(d.def_path)}
+        keys = {k for d in st.deps if isinstance(d, ParamsDependency) for k in d.params}
+        # The optional final model is a foreach over predict.final ([all]): DVC calls it final@all.
+        nodes[st.name.removesuffix("@all")] = (
+            st.cmd,
+            frozenset(deps),
+            frozenset(o.def_path for o in st.outs),
+            frozenset(keys),
+        )
+    return nodes
+
+
+def snakemake_nodes(root: Path) -> dict[str, Node]:
+    """The Snakefile's jobs for a forced full run, named as DVC names stages (train@0)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import DAGSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile", workdir=root
+        )
+        workflow = workflow_api.dag(DAGSettings(forceall=True)).workflow_api._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+        workflow._build_dag()
+        nodes = {}
+        for job in workflow.dag.jobs:
+            if job.rule.name == "all":
+                continue
+            name = job.rule.name + "".join(f"@{v}" for v in dict(job.wildcards).values())
+            keys = frozenset(job.params.get("tracked", {}))
+            nodes[name] = (LOG_SUFFIX.sub("", job.shellcmd), frozenset(job.input), frozenset(job.output), keys)
+    return nodes
