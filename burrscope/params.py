@@ -53,7 +53,6 @@ TRAINING_KEYS: dict[str, str] = {
     "trainable_blocks": "train.trainable_blocks",
     "tta": "train.tta",
     "augment": "train.augment",
-    "experiment": "mlflow.experiment",
 }
 
 
@@ -103,7 +102,6 @@ class Recipe:
     trainable_blocks: int
     tta: bool
     augment: Augment
-    experiment: str
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Recipe:

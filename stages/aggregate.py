@@ -34,9 +34,7 @@ def main() -> None:
     # Imports mlflow: only once the metrics are safely written.
     from burrscope.tracking.parent_run import log_aggregate, parent_metrics
 
-    parent, status = log_aggregate(
-        params.recipe, args.folds_csv, parent_metrics(summary), outputs, aggregate_dir=args.out_dir
-    )
+    parent, status = log_aggregate(params, args.folds_csv, parent_metrics(summary), outputs, aggregate_dir=args.out_dir)
     if status == "ok":
         print(
             f"MLflow: logged to parent run {parent}"

@@ -35,7 +35,7 @@ def main() -> None:
 
     from burrscope.tracking.parent_run import log_report  # imports mlflow: only once the report is safely written
 
-    parent, status = log_report(params.recipe, args.aggregate_dir / PREDICTIONS, [args.report_html])
+    parent, status = log_report(params, args.aggregate_dir / PREDICTIONS, [args.report_html])
     if status == "ok":
         print(f"MLflow: report logged to parent run {parent}" if parent else "MLflow: no parent run found; not logged")
 

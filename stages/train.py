@@ -44,7 +44,7 @@ def main() -> None:
         with stopwatch("logging"):
             label = FINAL_MODEL_DIR if args.fold == FINAL_ITEM else args.fold
             # data.labels only names the dataset the MLflow runs record; folds.csv is what trains.
-            run = FoldRun(recipe, params.folds, args.folds_csv, label, labels_csv=Path(params.data.labels))
+            run = FoldRun(params, args.folds_csv, label, Path(params.data.labels))
         with run:
             result = train_fold(
                 args.images_dir,

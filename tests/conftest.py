@@ -68,8 +68,14 @@ def tiny_params() -> Callable[..., Params]:
 
 
 @pytest.fixture
-def recipe(tiny_params: Callable[..., Params]) -> Recipe:
-    return tiny_params().recipe
+def params(tiny_params: Callable[..., Params]) -> Params:
+    """Tiny params with two folds, as the tracking tests' folds.csv has."""
+    return tiny_params(split={"folds": 2, "fold_ids": [0, 1]})
+
+
+@pytest.fixture
+def recipe(params: Params) -> Recipe:
+    return params.recipe
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Snakemake release changes them, this is the one file to mend.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+
+from burrscope.params import Params
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -63,6 +66,15 @@ def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any
     for key, value in changes.items():
         result[key] = merged(base[key], value) if isinstance(value, Mapping) and key in base else value
     return result
+
+
+def with_lr(params: Params, lr: float) -> Params:
+    """The same params with another learning rate: another recipe, hence another pipeline run with its own parent."""
+    return dataclasses.replace(params, recipe=dataclasses.replace(params.recipe, lr=lr))
+
+
+def with_registered_model(params: Params, name: str) -> Params:
+    return dataclasses.replace(params, mlflow=dataclasses.replace(params.mlflow, registered_model=name))
 
 
 def run(

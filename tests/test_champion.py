@@ -6,10 +6,11 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+from helpers import with_lr, with_registered_model
 from mlflow.tracking import MlflowClient
 
 from burrscope.models.factory import Weights
-from burrscope.params import Recipe
+from burrscope.params import Params
 from burrscope.tracking.champion import CHAMPION, PIPELINE_RUN_TAG, RANKED_BY, describe, settle
 from burrscope.tracking.fold_run import FoldRun
 from burrscope.tracking.parent_run import log_aggregate
@@ -33,14 +34,14 @@ def client_of(tracked_workspace: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
 
 
-def pipeline_run(recipe: Recipe, tracked_workspace: Path, balanced_accuracy: float | None) -> str:
+def pipeline_run(params: Params, tracked_workspace: Path, balanced_accuracy: float | None) -> str:
     """A parent with one trained fold, summarised by aggregate (unless None: aggregate has not run); its id."""
-    with FoldRun(recipe, FOLDS, tracked_workspace / "folds.csv", 0) as run:
+    with FoldRun(params, tracked_workspace / "folds.csv", 0) as run:
         run.finish(Weights("w", None, None), [])
     if balanced_accuracy is None:
         return client_of(tracked_workspace).get_run(run.run_id).data.tags[PARENT_RUN_TAG]
     metrics = {RANKED_BY: balanced_accuracy, "oof_roc_auc": 0.9, "oof_missed": 2.0}
-    parent, status = log_aggregate(recipe, tracked_workspace / "folds.csv", metrics, [])
+    parent, status = log_aggregate(params, tracked_workspace / "folds.csv", metrics, [])
     assert status == "ok" and parent
     return parent
 
@@ -60,50 +61,43 @@ def champion(tracked_workspace: Path) -> str:
 
 
 def test_the_first_version_with_figures_becomes_champion_and_a_worse_one_does_not(
-    tracked_workspace: Path, recipe: Recipe
+    tracked_workspace: Path, params: Params
 ) -> None:
     client = client_of(tracked_workspace)
-    first = version_of(tracked_workspace, pipeline_run(recipe, tracked_workspace, 0.80))
+    first = version_of(tracked_workspace, pipeline_run(params, tracked_workspace, 0.80))
     assert settle(client, NAME, first) and champion(tracked_workspace) == first
-    worse = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.002), tracked_workspace, 0.75))
+    worse = version_of(tracked_workspace, pipeline_run(with_lr(params, 0.002), tracked_workspace, 0.75))
     assert not settle(client, NAME, worse) and champion(tracked_workspace) == first
-    tie = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.003), tracked_workspace, 0.80))
+    tie = version_of(tracked_workspace, pipeline_run(with_lr(params, 0.003), tracked_workspace, 0.80))
     assert not settle(client, NAME, tie) and champion(tracked_workspace) == first  # a tie keeps the champion
-    better = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.004), tracked_workspace, 0.85))
+    better = version_of(tracked_workspace, pipeline_run(with_lr(params, 0.004), tracked_workspace, 0.85))
     assert settle(client, NAME, better) and champion(tracked_workspace) == better
     assert client.get_model_version(NAME, worse).tags[f"cv.{RANKED_BY}"] == "0.75"
 
 
-def dataclass_lr(recipe: Recipe, lr: float) -> Recipe:
-    """Another recipe, hence another pipeline run with its own parent."""
-    import dataclasses
-
-    return dataclasses.replace(recipe, lr=lr)
-
-
-def test_a_version_without_figures_never_takes_the_alias_and_says_why(tracked_workspace: Path, recipe: Recipe) -> None:
+def test_a_version_without_figures_never_takes_the_alias_and_says_why(tracked_workspace: Path, params: Params) -> None:
     client = client_of(tracked_workspace)
-    version = version_of(tracked_workspace, pipeline_run(recipe, tracked_workspace, None))
+    version = version_of(tracked_workspace, pipeline_run(params, tracked_workspace, None))
     assert not settle(client, NAME, version)
     assert not client.get_registered_model(NAME).aliases
     assert "not logged yet" in client.get_model_version(NAME, version).description
 
 
-def test_a_champion_chosen_by_hand_without_figures_is_kept(tracked_workspace: Path, recipe: Recipe) -> None:
+def test_a_champion_chosen_by_hand_without_figures_is_kept(tracked_workspace: Path, params: Params) -> None:
     client = client_of(tracked_workspace)
-    by_hand = version_of(tracked_workspace, pipeline_run(recipe, tracked_workspace, None))
+    by_hand = version_of(tracked_workspace, pipeline_run(params, tracked_workspace, None))
     client.set_registered_model_alias(NAME, CHAMPION, by_hand)
-    measured = version_of(tracked_workspace, pipeline_run(dataclass_lr(recipe, 0.002), tracked_workspace, 0.99))
+    measured = version_of(tracked_workspace, pipeline_run(with_lr(params, 0.002), tracked_workspace, 0.99))
     assert not settle(client, NAME, measured) and champion(tracked_workspace) == by_hand
 
 
-def test_aggregate_after_export_settles_the_version_export_registered(tracked_workspace: Path, recipe: Recipe) -> None:
+def test_aggregate_after_export_settles_the_version_export_registered(tracked_workspace: Path, params: Params) -> None:
     """Export does not wait for aggregate: the version it registered gets its figures and alias when they exist."""
-    parent = pipeline_run(recipe, tracked_workspace, None)
+    parent = pipeline_run(params, tracked_workspace, None)
     version = version_of(tracked_workspace, parent)
     settle(client_of(tracked_workspace), NAME, version)  # what export does: no figures yet
     metrics = {RANKED_BY: 0.9, "oof_roc_auc": 0.95, "oof_missed": 1.0, "oof_false_alarms": 3.0}
-    assert log_aggregate(recipe, tracked_workspace / "folds.csv", metrics, []) == (parent, "ok")
+    assert log_aggregate(params, tracked_workspace / "folds.csv", metrics, []) == (parent, "ok")
     registered = client_of(tracked_workspace).get_model_version(NAME, version)
     assert "balanced accuracy 0.900, ROC-AUC 0.950; at the threshold: 1 burrs missed, 3 false alarms" in (
         registered.description
@@ -120,16 +114,14 @@ def test_the_description_says_what_the_model_takes_and_returns_and_how_it_was_tr
 
 
 def test_the_export_run_logs_parity_as_metrics_no_params_but_the_model_config_and_a_described_version(
-    tracked_workspace: Path, recipe: Recipe
+    tracked_workspace: Path, params: Params
 ) -> None:
-    parent = pipeline_run(recipe, tracked_workspace, 0.9)
+    parent = pipeline_run(params, tracked_workspace, 0.9)
     model = {"python_model": Echo(), "pip_requirements": ["mlflow"], "model_config": {"threshold": 0.5}}
     parity = {"model.ts": 0.0, "model.onnx": 3e-7}
     outcome = log_export(
-        recipe,
-        FOLDS,
+        with_registered_model(params, NAME),
         tracked_workspace / "folds.csv",
-        NAME,
         model=model,
         tags={"export.model.ts": "ab"},
         parity=parity,
@@ -149,12 +141,17 @@ def test_the_export_run_logs_parity_as_metrics_no_params_but_the_model_config_an
 
 
 def test_an_export_without_a_pipeline_run_is_registered_and_described_but_never_champion(
-    tracked_workspace: Path, recipe: Recipe
+    tracked_workspace: Path, params: Params
 ) -> None:
     """E.g. `dvc exp run` reusing cached folds: the experiment's name makes a pipeline key no parent carries."""
     model = {"python_model": Echo(), "pip_requirements": ["mlflow"]}
     outcome = log_export(
-        recipe, FOLDS, tracked_workspace / "folds.csv", NAME, model=model, tags={}, parity={"model.ts": 0.0}, card=CARD
+        with_registered_model(params, NAME),
+        tracked_workspace / "folds.csv",
+        model=model,
+        tags={},
+        parity={"model.ts": 0.0},
+        card=CARD,
     )
     assert outcome["status"] == "ok" and outcome["parent_run_id"] is None and outcome["champion"] is False
     version = client_of(tracked_workspace).get_model_version(NAME, outcome["version"])

@@ -46,14 +46,16 @@ def export_params(tiny_params: Callable[..., Params]) -> Callable[..., Params]:
 
 
 def run_export(workspace: Path, cwd: Path, params: Params, out: Path) -> dict:
-    """The export stage's main() in `cwd`, with `params` as its params.yaml; the export.json it wrote."""
+    """The export stage's main() in `cwd`, with `params` as its params.yaml; the export.json it wrote, with the run
+    log it wrote in `cwd`/logs as `run_log` (the parity it measured and MLflow's outcome)."""
     (cwd / "params.yaml").write_text(yaml.safe_dump(params.raw))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(cwd)
         args = [workspace / "folds.csv", workspace / "images", workspace / "train", out]
         mp.setattr(sys, "argv", ["export", *map(str, args)])
         export_stage.main()
-    return json.loads((out / EXPORT_SUMMARY).read_text())
+    run_log = json.loads((cwd / "logs" / "export.json").read_text())
+    return {**json.loads((out / EXPORT_SUMMARY).read_text()), "run_log": run_log}
 
 
 def save_checkpoint(path: Path, seed: int) -> None:
@@ -115,9 +117,9 @@ def exported(workspace: Path, export_params: Callable[..., Params]) -> tuple[Pat
         mp.chdir(workspace)
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME"):
             mp.delenv(name, raising=False)
-        with FoldRun(params.recipe, params.folds, workspace / "folds.csv", 0) as run:
+        with FoldRun(params, workspace / "folds.csv", 0) as run:
             run.finish(build_model("efficientnet_lite0", 2, False, SIZE).weights, [])
-        parent, _ = log_aggregate(params.recipe, workspace / "folds.csv", {}, [])
+        parent, _ = log_aggregate(params, workspace / "folds.csv", {}, [])
         summary = run_export(workspace, workspace, params, workspace / "export")
     assert parent == run.connection.client.get_run(run.run_id).data.tags[PARENT_RUN_TAG]
     summary["parent_of_folds"] = parent
@@ -141,12 +143,13 @@ def test_exports_match_the_ensemble_on_another_batch_size(workspace: Path, expor
     np.testing.assert_allclose(scripted, expected, atol=1e-5)
     np.testing.assert_allclose(onnx, expected, atol=1e-5)
     written = json.loads((out / EXPORT_SUMMARY).read_text())
-    assert written["parity"]["images"] == 6 and max(written["parity"]["max_abs_diff"].values()) <= 1e-4
+    assert written["parity"] == {"images": 6, "tolerance": 1e-4, "checked": [TORCHSCRIPT, ONNX]}
+    assert max(summary["run_log"]["parity"].values()) <= 1e-4
     assert [Path(c["path"]).parent.name for c in written["source_checkpoints"]] == list(FOLDS)
     assert written["files"][ONNX]["sha256"] == sha256_file(out / ONNX)
     assert (written["classes"], written["positive_class"], written["threshold"]) == (["0", "1"], "1", 0.4)
-    assert summary["mlflow"]["status"] == "ok"
-    assert summary["mlflow"]["tracking_uri"] == "sqlite:///mlflow.db"  # relative to the workspace: committed
+    assert summary["run_log"]["mlflow"]["status"] == "ok"
+    assert "mlflow" not in written  # run ids and versions differ from run to run: export.json is committed
 
 
 def test_registered_model_sits_under_the_closed_pipeline_parent(
@@ -154,8 +157,8 @@ def test_registered_model_sits_under_the_closed_pipeline_parent(
 ) -> None:
     _, summary = exported
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-    version = client.get_model_version(export_params().mlflow.registered_model, summary["mlflow"]["version"])
-    assert version.run_id == summary["mlflow"]["run_id"]
+    version = client.get_model_version(export_params().mlflow.registered_model, summary["run_log"]["mlflow"]["version"])
+    assert version.run_id == summary["run_log"]["mlflow"]["run_id"]
     run = client.get_run(version.run_id)
     assert run.info.run_name == "export" and run.info.status == "FINISHED"
     assert run.data.tags[PARENT_RUN_TAG] == summary["parent_of_folds"]
@@ -183,7 +186,7 @@ def test_pyfunc_model_predicts_raw_rgba_bytes_as_predict_does(
     np.testing.assert_allclose(as_text[["prob_0", "prob_1"]], got[["prob_0", "prob_1"]].head(1), atol=1e-5)
     # The modules it runs travel with the model, so it loads where the repository is not installed; neither
     # the stages nor the training code come along.
-    local = Path(mlflow.artifacts.download_artifacts(exported[1]["mlflow"]["model_uri"]))
+    local = Path(mlflow.artifacts.download_artifacts(exported[1]["run_log"]["mlflow"]["model_uri"]))
     shipped = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
     assert {"burrscope/inference/serving.py", "burrscope/inference/ensemble.py", "burrscope/__init__.py"} <= shipped
     assert not any(name.startswith(("stages/", "burrscope/training/")) for name in shipped)
@@ -195,7 +198,7 @@ def test_final_model_is_exported_and_an_unreachable_store_costs_no_file(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     summary = run_export(workspace, tmp_path, export_params(final=["all"]), tmp_path / "out")
     assert [Path(c["path"]).parent.name for c in summary["source_checkpoints"]] == ["final"]
-    status = summary["mlflow"]["status"]
+    status = summary["run_log"]["mlflow"]["status"]
     assert status.startswith("failed: logging and registering the model: MLflow tracking at http://127.0.0.1:9 is")
     assert "fix MLFLOW_TRACKING_URI" in status
     images = torch.rand(3, 3, SIZE, SIZE)

@@ -157,6 +157,8 @@ def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
     # Using the model differently retrains nothing.
     assert rerun_by_param(nodes, "predict.threshold") == {"aggregate", "report", "export"}
     assert rerun_by_param(nodes, "mlflow.registered_model") == {"report", "export"}
+    # Where runs are logged is no part of a model: renaming the experiment retrains nothing (the report prints it).
+    assert rerun_by_param(nodes, "mlflow.experiment") == {"report"}
 
 
 def test_heatmap_changes_rerun_explain_and_report_and_nothing_upstream(workdir: Path) -> None:

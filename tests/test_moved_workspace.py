@@ -20,7 +20,7 @@ import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-from helpers import free_port
+from helpers import free_port, with_registered_model
 from mlflow.tracking import MlflowClient
 
 from burrscope.models.factory import Weights
@@ -45,14 +45,14 @@ def track_a_pipeline_run(root: Path, params: Params) -> dict[str, str]:
     (root / "folds.csv").write_text("file,label,fold\na.png,0,0\nb.png,1,1\n")
     (root / "history.csv").write_text("epoch,val_loss\n1,0.5\n")
     (root / "metrics.json").write_text('{"accuracy": 1.0}\n')
-    with FoldRun(params.recipe, 2, root / "folds.csv", 0) as run:
+    with FoldRun(params, root / "folds.csv", 0) as run:
         assert run.finish(Weights("w", None, None), [root / "history.csv"]) == "ok"
-    parent, status = log_aggregate(
-        params.recipe, root / "folds.csv", {"oof_balanced_accuracy": 1.0}, [root / "metrics.json"]
-    )
+    parent, status = log_aggregate(params, root / "folds.csv", {"oof_balanced_accuracy": 1.0}, [root / "metrics.json"])
     assert status == "ok"
     model = {"python_model": Echo(), "pip_requirements": ["mlflow"]}
-    outcome = log_export(params.recipe, 2, root / "folds.csv", NAME, model=model, tags={}, parity={"model.ts": 0.0})
+    outcome = log_export(
+        with_registered_model(params, NAME), root / "folds.csv", model=model, tags={}, parity={"model.ts": 0.0}
+    )
     assert outcome["status"] == "ok"
     return {"fold": run.run_id, "parent": parent, "model_id": outcome["model_uri"].removeprefix("models:/")}
 

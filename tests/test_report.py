@@ -21,7 +21,7 @@ from PIL import Image
 
 from burrscope.evaluation.pooled import load_predictions
 from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
-from burrscope.params import Params, load_params
+from burrscope.params import load_params
 from burrscope.report.build import build_report
 from burrscope.report.figures import calibration_figure
 from burrscope.report.inputs import ReportInputs
@@ -439,9 +439,10 @@ def test_the_header_names_the_commit_its_date_and_the_dvc_experiment(
 
 
 def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary: Inputs) -> None:
-    recipe = Params.from_mapping(load_params(tmp_path / "params.yaml").raw).recipe
+    params = load_params(tmp_path / "params.yaml")
+    recipe = params.recipe
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.create_experiment(recipe.experiment)
+    experiment = client.create_experiment(params.mlflow.experiment)
     folds_csv = tmp_path / "data" / "processed" / "folds.csv"
     tags = {PIPELINE_KEY_TAG: pipeline_key(recipe, folds_csv)}  # as the folds' runs file their parent
     run = client.create_run(experiment, start_time=1714645860000, tags=tags, run_name="pipeline").info.run_id

@@ -14,7 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from burrscope.models.factory import Weights
-from burrscope.params import Recipe
+from burrscope.params import Params
 from burrscope.tracking.fold_run import FoldRun
 from burrscope.tracking.parent_run import decision_metrics, log_aggregate, log_report
 from burrscope.tracking.provenance import git_tags
@@ -56,11 +56,11 @@ def client_of(workspace: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
 
 
-def train_folds(recipe: Recipe, workspace: Path, epochs: int = 2) -> list[str]:
+def train_folds(params: Params, workspace: Path, epochs: int = 2) -> list[str]:
     """Both folds' runs, as the train stage logs them (scores of every epoch, with the epoch in the row)."""
     ids = []
     for fold in range(FOLDS):
-        with FoldRun(recipe, FOLDS, workspace / "folds.csv", fold, labels_csv=workspace / "labels.csv") as run:
+        with FoldRun(params, workspace / "folds.csv", fold, workspace / "labels.csv") as run:
             for epoch in range(1, epochs + 1):
                 row = {"epoch": epoch, "train_loss": 1 / epoch, "val_loss": 2 / epoch, "val_roc_auc": 0.5 + epoch / 10}
                 run.log_epoch(epoch, row)
@@ -74,13 +74,13 @@ def parent_of(client: MlflowClient, run_id: str) -> Run:
 
 
 def test_every_run_names_its_commit_branch_remote_user_source_and_dvc_experiment(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in DVC_ENV.items():
         monkeypatch.setenv(name, value)
     commit = git(workspace, "rev-parse", "HEAD")
     client = client_of(workspace)
-    folds = train_folds(recipe, workspace)
+    folds = train_folds(params, workspace)
     for run in [parent_of(client, folds[0]), *map(client.get_run, folds)]:
         tags = run.data.tags
         assert tags["mlflow.source.git.commit"] == commit
@@ -96,26 +96,26 @@ def test_every_run_names_its_commit_branch_remote_user_source_and_dvc_experiment
     assert fold["mlflow.source.name"] == "stages/train.py" and fold["dvc.stage"] == "train@0"
 
 
-def test_a_run_from_changed_code_says_the_tree_was_dirty_and_what_changed(workspace: Path, recipe: Recipe) -> None:
+def test_a_run_from_changed_code_says_the_tree_was_dirty_and_what_changed(workspace: Path, params: Params) -> None:
     (workspace / "code.py").write_text("print('edited')\n")
-    (fold,) = train_folds(recipe, workspace)[:1]
+    (fold,) = train_folds(params, workspace)[:1]
     tags = client_of(workspace).get_run(fold).data.tags
     assert tags["mlflow.source.git.dirty"] == "true" and tags["git.changed"] == "code.py"
 
 
-def test_outputs_an_earlier_stage_rewrote_do_not_make_the_tree_dirty(workspace: Path, recipe: Recipe) -> None:
+def test_outputs_an_earlier_stage_rewrote_do_not_make_the_tree_dirty(workspace: Path, params: Params) -> None:
     (workspace / "results" / "metrics.json").write_text('{"accuracy": 1}\n')
-    (fold,) = train_folds(recipe, workspace)[:1]
+    (fold,) = train_folds(params, workspace)[:1]
     assert client_of(workspace).get_run(fold).data.tags["mlflow.source.git.dirty"] == "false"
 
 
 def test_outside_git_a_run_still_names_its_user_and_source(
-    tmp_path: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "folds.csv").write_text(FOLDS_CSV)
-    with FoldRun(recipe, FOLDS, tmp_path / "folds.csv", 0) as run:
+    with FoldRun(params, tmp_path / "folds.csv", 0) as run:
         run.finish(WEIGHTS, [])
     tags = client_of(tmp_path).get_run(run.run_id).data.tags
     assert "mlflow.source.git.commit" not in tags
@@ -133,10 +133,10 @@ def datasets(run: Run) -> list[tuple[str, str, int, str]]:
 
 
 def test_the_parent_and_each_fold_log_the_labels_and_their_fold_assignment_as_datasets(
-    workspace: Path, recipe: Recipe
+    workspace: Path, params: Params
 ) -> None:
     client = client_of(workspace)
-    folds = train_folds(recipe, workspace)
+    folds = train_folds(params, workspace)
     parent = parent_of(client, folds[0])
     labels = ("labels", "source", 5, "labels.csv")  # paths relative to the workspace: they survive moving it
     assert datasets(parent) == [("folds", "cross-validation", 5, "folds.csv"), labels]
@@ -155,25 +155,25 @@ def test_the_parent_and_each_fold_log_the_labels_and_their_fold_assignment_as_da
     assert len(digests) == 3  # training, validation and labels tell apart by content
 
 
-def test_a_labels_file_pandas_cannot_read_leaves_only_the_folds(workspace: Path, recipe: Recipe) -> None:
+def test_a_labels_file_pandas_cannot_read_leaves_only_the_folds(workspace: Path, params: Params) -> None:
     (workspace / "labels.csv").write_bytes(b"\xff\xfe\x00garbage")
-    (fold, _) = train_folds(recipe, workspace)
+    (fold, _) = train_folds(params, workspace)
     assert [name for name, *_ in datasets(client_of(workspace).get_run(fold))] == ["folds", "folds"]
 
 
-def test_each_score_is_logged_at_its_epoch_as_step_and_the_epoch_is_no_metric(workspace: Path, recipe: Recipe) -> None:
+def test_each_score_is_logged_at_its_epoch_as_step_and_the_epoch_is_no_metric(workspace: Path, params: Params) -> None:
     client = client_of(workspace)
-    (fold, _) = train_folds(recipe, workspace, epochs=3)
+    (fold, _) = train_folds(params, workspace, epochs=3)
     assert "epoch" not in client.get_run(fold).data.metrics
     history = client.get_metric_history(fold, "val_roc_auc")
     assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.6), (2, 0.7), (3, 0.8)]
 
 
 def test_fold_runs_sample_system_metrics_while_they_train(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own override of the interval
-    with FoldRun(recipe, FOLDS, workspace / "folds.csv", 0) as run:
+    with FoldRun(params, workspace / "folds.csv", 0) as run:
         time.sleep(1.5)
         run.finish(WEIGHTS, [])
     client = client_of(workspace)
@@ -183,11 +183,11 @@ def test_fold_runs_sample_system_metrics_while_they_train(
 
 
 def test_system_metrics_can_be_switched_off_as_mlflow_documents(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+    workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    with FoldRun(recipe, FOLDS, workspace / "folds.csv", 0) as run:
+    with FoldRun(params, workspace / "folds.csv", 0) as run:
         assert run.monitor is None
         time.sleep(0.5)
         run.finish(WEIGHTS, [])
@@ -207,13 +207,13 @@ def write_aggregate(folder: Path, errors: bool = True) -> Path:
 
 
 def test_the_parent_gets_the_threshold_calibration_and_the_burrs_missed_and_false_alarms(
-    workspace: Path, recipe: Recipe
+    workspace: Path, params: Params
 ) -> None:
     client = client_of(workspace)
-    folds = train_folds(recipe, workspace)
+    folds = train_folds(params, workspace)
     aggregate_dir = write_aggregate(workspace / "aggregate")
     parent, status = log_aggregate(
-        recipe, workspace / "folds.csv", {"oof_accuracy": 0.9}, [], aggregate_dir=aggregate_dir
+        params, workspace / "folds.csv", {"oof_accuracy": 0.9}, [], aggregate_dir=aggregate_dir
     )
     assert status == "ok" and parent == parent_of(client, folds[0]).info.run_id
     assert client.get_run(parent).data.metrics == {
@@ -236,24 +236,24 @@ def test_more_than_two_classes_give_calibration_but_no_threshold_or_counts(tmp_p
     assert decision_metrics(tmp_path) == {"oof_ece": 0.1}
 
 
-def test_the_report_is_logged_to_the_parent_found_from_the_pooled_predictions(workspace: Path, recipe: Recipe) -> None:
+def test_the_report_is_logged_to_the_parent_found_from_the_pooled_predictions(workspace: Path, params: Params) -> None:
     client = client_of(workspace)
-    folds = train_folds(recipe, workspace)
+    folds = train_folds(params, workspace)
     # aggregate's predictions.csv: the rows of folds.csv, in another order, with more columns.
     pooled = pd.read_csv(workspace / "folds.csv").sort_values("file", ascending=False).assign(predicted="0")
     pooled.to_csv(workspace / "predictions.csv", index=False)
     (workspace / "report.html").write_text("<html><body>report</body></html>")
-    parent, status = log_report(recipe, workspace / "predictions.csv", [workspace / "report.html"])
+    parent, status = log_report(params, workspace / "predictions.csv", [workspace / "report.html"])
     assert status == "ok" and parent == parent_of(client, folds[0]).info.run_id
     assert [a.path for a in client.list_artifacts(parent)] == ["report.html"]
 
 
 def test_a_report_mlflow_cannot_take_is_a_warning_not_a_lost_report(
-    workspace: Path, recipe: Recipe, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     (workspace / "report.html").write_text("<html></html>")
-    parent, status = log_report(recipe, workspace / "folds.csv", [workspace / "report.html"])
+    parent, status = log_report(params, workspace / "folds.csv", [workspace / "report.html"])
     assert parent is None and status.startswith("failed: logging the report: MLflow tracking at http://127.0.0.1:9")
     assert capsys.readouterr().err.count("warning: MLflow failed") == 1
     assert (workspace / "report.html").is_file()

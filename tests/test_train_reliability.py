@@ -182,7 +182,7 @@ def test_unreachable_mlflow_fails_at_once_naming_the_uri(
     params = three_folds()
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable) as err:
-        FoldRun(params.recipe, params.folds, tmp_path / "folds.csv", 0)
+        FoldRun(params, tmp_path / "folds.csv", 0)
     assert time.monotonic() - started < 15  # one try, not MLflow's minutes of retries
     message = str(err.value)
     assert "\n" not in message

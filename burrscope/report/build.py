@@ -118,5 +118,5 @@ def build_report(inputs: ReportInputs, params: Mapping[str, Any], origin: Origin
     """
     outputs = load_outputs(inputs, params["split"]["folds"])
     if origin is None:
-        origin = find_origin(Params.from_mapping(params).recipe, outputs.predictions)
+        origin = find_origin(Params.from_mapping(params), outputs.predictions)
     return render(report_context(outputs, params, inputs, origin))

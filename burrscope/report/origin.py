@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from burrscope.params import Recipe
+from burrscope.params import Params
 from burrscope.tracking.gitinfo import changed_files, git
 from burrscope.tracking.lookup import MlflowRun, mlflow_parent, utc
 
@@ -39,7 +39,7 @@ def git_commit() -> tuple[str | None, str | None]:
     return full[:8] + ("+dirty" if changed else ""), utc(int(seconds))[:10]
 
 
-def find_origin(recipe: Recipe, assignment: pd.DataFrame) -> Origin:
+def find_origin(params: Params, assignment: pd.DataFrame) -> Origin:
     """The origin of the outputs in the current directory, as the report stage sees it."""
     commit, commit_date = git_commit()
-    return Origin(commit, commit_date, os.environ.get("DVC_EXP_NAME") or None, mlflow_parent(recipe, assignment))
+    return Origin(commit, commit_date, os.environ.get("DVC_EXP_NAME") or None, mlflow_parent(params, assignment))

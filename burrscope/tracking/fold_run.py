@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from mlflow.entities import DatasetInput, Metric, RunStatus, RunTag
 
-from burrscope.params import Recipe
+from burrscope.params import Params
 from burrscope.tracking.provenance import fold_inputs, labels_input
 from burrscope.tracking.store import (
     PARENT_RUN_TAG,
@@ -66,10 +66,9 @@ class FoldRun:
     check: it raises TrackingUnavailable before any training.
     """
 
-    def __init__(
-        self, recipe: Recipe, folds: int, folds_csv: Path, fold: int | str, *, labels_csv: Path | None = None
-    ) -> None:
-        self.connection = connect(recipe.experiment)
+    def __init__(self, params: Params, folds_csv: Path, fold: int | str, labels_csv: Path | None = None) -> None:
+        recipe, folds = params.recipe, params.folds
+        self.connection = connect(params.mlflow.experiment)
         self.monitor: SystemMetricsMonitor | None = None
         label = str(fold)
         cross_validation = label.isdigit()

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from burrscope.params import Recipe
+from burrscope.params import Params
 
 MLFLOW_UI = "http://127.0.0.1:5000"  # `mlflow ui`'s default address, for a store that is not a server
 
@@ -37,7 +37,7 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def mlflow_parent(recipe: Recipe, assignment: pd.DataFrame) -> MlflowRun | None:
+def mlflow_parent(params: Params, assignment: pd.DataFrame) -> MlflowRun | None:
     """The pipeline run's MLflow parent, found read-only by its key from the (file, label, fold) `assignment`;
     None, with a warning if the store failed, when it cannot be found."""
     from mlflow.tracking import MlflowClient  # mlflow takes seconds to import: only when a run is looked for
@@ -51,11 +51,11 @@ def mlflow_parent(recipe: Recipe, assignment: pd.DataFrame) -> MlflowRun | None:
     try:
         with tracking.env_defaults(tracking.PROBE_LIMITS):
             client = MlflowClient(uri)
-            experiment = client.get_experiment_by_name(recipe.experiment)
+            experiment = client.get_experiment_by_name(params.mlflow.experiment)
             if experiment is None:
                 return None
             connection = tracking.Connection(root, uri, client, experiment.experiment_id)
-            run_id = connection.latest_parent(tracking.pipeline_key(recipe, assignment))
+            run_id = connection.latest_parent(tracking.pipeline_key(params.recipe, assignment))
             if run_id is None:
                 return None
             started = client.get_run(run_id).info.start_time / 1000

@@ -12,7 +12,7 @@ from typing import Any
 
 from mlflow.entities import Metric, RunStatus
 
-from burrscope.params import Recipe
+from burrscope.params import Params
 from burrscope.tables import FOLD_COLUMNS, read_table
 from burrscope.tracking.champion import THRESHOLD_METRIC, settle_parent
 from burrscope.tracking.store import Recorder, connect, pipeline_key
@@ -50,7 +50,7 @@ def parent_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def log_aggregate(
-    recipe: Recipe,
+    params: Params,
     folds_csv: Path,
     metrics: Mapping[str, float],
     artifacts: list[Path],
@@ -65,8 +65,8 @@ def log_aggregate(
     recorder = Recorder("The aggregate outputs are written; the parent run lacks the summary")
 
     def log() -> str | None:
-        connection = connect(recipe.experiment)
-        parent_id = connection.latest_parent(pipeline_key(recipe, folds_csv))
+        connection = connect(params.mlflow.experiment)
+        parent_id = connection.latest_parent(pipeline_key(params.recipe, folds_csv))
         if parent_id is None:
             return None
         values = {**metrics, **(decision_metrics(aggregate_dir) if aggregate_dir is not None else {})}
@@ -84,7 +84,7 @@ def log_aggregate(
     return recorder.attempt("logging the cross-validated summary", log), recorder.status
 
 
-def log_report(recipe: Recipe, predictions_csv: Path, files: list[Path]) -> tuple[str | None, str]:
+def log_report(params: Params, predictions_csv: Path, files: list[Path]) -> tuple[str | None, str]:
     """Log the report's `files` to this pipeline run's parent (MLflow previews HTML and PNG); (its id, status).
 
     The parent is found from the fold assignment in aggregate's pooled predictions, which carry the same
@@ -93,9 +93,9 @@ def log_report(recipe: Recipe, predictions_csv: Path, files: list[Path]) -> tupl
     recorder = Recorder("The report is written; the parent run lacks it")
 
     def log() -> str | None:
-        connection = connect(recipe.experiment)
+        connection = connect(params.mlflow.experiment)
         assignment = read_table(predictions_csv, FOLD_COLUMNS, numeric=["fold"])
-        parent_id = connection.latest_parent(pipeline_key(recipe, assignment))
+        parent_id = connection.latest_parent(pipeline_key(params.recipe, assignment))
         if parent_id is None:
             return None
         for path in files:

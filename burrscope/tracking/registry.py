@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -11,11 +10,9 @@ from typing import Any
 
 import torch
 
-from burrscope.files import write_text_atomic
 from burrscope.inference.serving import mlflow_model
-from burrscope.params import Params, Recipe
+from burrscope.params import Params
 from burrscope.pipeline.codegraph import PROJECT_ROOT, code_files
-from burrscope.tables import EXPORT_SUMMARY
 from burrscope.tracking.champion import EXPORT_RUN, PIPELINE_RUN_TAG, settle
 from burrscope.tracking.provenance import git_tags
 from burrscope.tracking.store import (
@@ -47,10 +44,8 @@ def ship_code(dest: Path) -> Path:
 
 
 def log_export(
-    recipe: Recipe,
-    folds: int,
+    params: Params,
     folds_csv: Path,
-    registered_model: str,
     *,
     model: Mapping[str, Any],
     tags: Mapping[str, str],
@@ -64,11 +59,12 @@ def log_export(
     champion.settle turns into its description and alias. The run logs no params: the parent holds the recipe,
     and MLflow logs the model's config. The parent is the latest with the pipeline key, closed or not, and is
     not reopened; without one the run stands alone. Never raises: the outcome, `status` "ok" or "failed: ...",
-    is returned for export.json.
+    is returned for the run log (burrscope.runlog).
     """
     import mlflow
     import mlflow.pyfunc  # only the export pays for the pyfunc machinery
 
+    registered_model = params.mlflow.registered_model
     outcome: dict[str, Any] = {
         "tracking_uri": shown_uri(tracking_uri(workspace_root())),
         "registered_model": registered_model,
@@ -76,8 +72,8 @@ def log_export(
     recorder = Recorder("The exported files are written; they are not registered")
 
     def log() -> None:
-        connection = connect(recipe.experiment)
-        parent_id = connection.find_parent(pipeline_key(recipe, folds_csv), running_only=False)
+        connection = connect(params.mlflow.experiment)
+        parent_id = connection.find_parent(pipeline_key(params.recipe, folds_csv), running_only=False)
         run_tags = {**tags, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
         run_id = connection.create_run(EXPORT_RUN, SOURCE, run_tags, [])
         outcome.update(run_id=run_id, parent_run_id=parent_id)
@@ -89,7 +85,7 @@ def log_export(
             info = mlflow.pyfunc.log_model(name="model", registered_model_name=registered_model, **model)
         version = str(info.registered_model_version)
         commit = git_tags(str(connection.root)).get("mlflow.source.git.commit", "unknown")
-        facts = {**(card or {}), "folds": str(folds), "git_commit": commit}
+        facts = {**(card or {}), "folds": str(params.folds), "git_commit": commit}
         if parent_id:  # else exported without a tracked pipeline run: no figures to describe or rank it by
             facts[PIPELINE_RUN_TAG] = parent_id
         for key, value in facts.items():
@@ -126,25 +122,18 @@ def model_card(summary: Mapping[str, Any], params: Params) -> dict[str, str]:
 
 
 def register(
-    summary: dict[str, Any], out_dir: Path, images: torch.Tensor, params: Params, *, folds_csv: Path
+    summary: dict[str, Any],
+    out_dir: Path,
+    images: torch.Tensor,
+    params: Params,
+    *,
+    folds_csv: Path,
+    parity: Mapping[str, float],
 ) -> dict[str, Any]:
-    """Log the written export as an MLflow model under the pipeline run's parent, register it, and record the
-    outcome in export.json; the summary as written. MLflow failures are recorded there, never raised."""
+    """Log the written export (export.json's `summary`, the files in `out_dir`, their `parity` with PyTorch) as an
+    MLflow model under the pipeline run's parent and register it; the outcome (run, version, alias, status). MLflow
+    failures are recorded there, never raised."""
     tags = {"export." + name: info["sha256"] for name, info in summary["files"].items()}
     with tempfile.TemporaryDirectory() as code:
         model = mlflow_model(summary, out_dir, images, ship_code(Path(code)))
-        outcome = log_export(
-            params.recipe,
-            params.folds,
-            folds_csv,
-            params.mlflow.registered_model,
-            model=model,
-            tags=tags,
-            parity=summary["parity"]["max_abs_diff"],
-            card=model_card(summary, params),
-        )
-    # export.json is committed: name the default store relative to the workspace, not by this machine's path.
-    outcome["tracking_uri"] = outcome["tracking_uri"].replace(f"sqlite:///{workspace_root()}/", "sqlite:///")
-    summary = {**summary, "mlflow": outcome}
-    write_text_atomic(out_dir / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
-    return summary
+        return log_export(params, folds_csv, model=model, tags=tags, parity=parity, card=model_card(summary, params))
