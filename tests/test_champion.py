@@ -99,10 +99,11 @@ def test_aggregate_after_export_settles_the_version_export_registered(tracked_wo
     metrics = {RANKED_BY: 0.9, "oof_roc_auc": 0.95, "oof_missed": 1.0, "oof_false_alarms": 3.0}
     assert log_aggregate(params, tracked_workspace / "folds.csv", metrics, []) == (parent, "ok")
     registered = client_of(tracked_workspace).get_model_version(NAME, version)
-    assert "balanced accuracy 0.900, ROC-AUC 0.950; at the threshold: 1 burrs missed, 3 false alarms" in (
-        registered.description
-    )
+    figures = "balanced accuracy 0.900, ROC-AUC 0.950; at the threshold: 1 burrs missed, 3 false alarms"
+    assert figures in registered.description
     assert champion(tracked_workspace) == version
+    # The pipeline run's own description says the same.
+    assert figures in client_of(tracked_workspace).get_run(parent).data.tags["mlflow.note.content"]
 
 
 def test_the_description_says_what_the_model_takes_and_returns_and_how_it_was_trained() -> None:
@@ -113,11 +114,11 @@ def test_the_description_says_what_the_model_takes_and_returns_and_how_it_was_tr
     assert "balanced accuracy 0.912" in text and "Pipeline run `p1`, git commit `abc`" in text
 
 
-def test_the_export_run_logs_parity_as_metrics_no_params_but_the_model_config_and_a_described_version(
+def test_the_export_run_logs_parity_as_metrics_no_params_and_a_described_version(
     tracked_workspace: Path, params: Params
 ) -> None:
     parent = pipeline_run(params, tracked_workspace, 0.9)
-    model = {"python_model": Echo(), "pip_requirements": ["mlflow"], "model_config": {"threshold": 0.5}}
+    model = {"python_model": Echo(), "pip_requirements": ["mlflow"]}
     parity = {"model.ts": 0.0, "model.onnx": 3e-7}
     outcome = log_export(
         with_registered_model(params, NAME),
@@ -131,13 +132,15 @@ def test_the_export_run_logs_parity_as_metrics_no_params_but_the_model_config_an
     client = client_of(tracked_workspace)
     run = client.get_run(outcome["run_id"])
     assert run.data.metrics == {"parity/model.ts": 0.0, "parity/model.onnx": 3e-7}
-    assert run.data.params == {"threshold": "0.5"}  # MLflow's record of the model config; the recipe is the parent's
+    assert run.data.params == {}  # the recipe is the parent's: no param twice under two names
     assert run.data.tags["mlflow.source.name"] == "stages/export.py" and "mlflow.user" in run.data.tags
     version = client.get_model_version(NAME, outcome["version"])
     assert version.tags[PIPELINE_RUN_TAG] == parent and version.tags["folds"] == "2"
     assert version.tags[f"cv.{RANKED_BY}"] == "0.9" and "git_commit" in version.tags
     assert version.description.startswith("Takes raw image files")
     assert champion(tracked_workspace) == outcome["version"]
+    # The version names its pipeline run (above), and the pipeline run names the version.
+    assert client.get_run(parent).data.tags["registered_model_version"] == f"models:/{NAME}/{outcome['version']}"
 
 
 def test_an_export_without_a_pipeline_run_is_registered_and_described_but_never_champion(

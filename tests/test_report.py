@@ -450,10 +450,8 @@ def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary
     folds_csv.unlink()  # the report finds the parent from the fold assignment its pooled predictions carry
     top = header(report(tmp_path, binary))
     assert "Pipeline run started 2024-05-02 10:31 UTC" in top and "git commit unknown" in top
-    assert (
-        f'MLflow run <a href="http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}"><code>{run}</code></a>'
-        in top
-    )
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}?workflowType=machine_learning"
+    assert f'MLflow run <a href="{page}"><code>{run}</code></a>' in top
 
 
 def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
@@ -473,4 +471,4 @@ def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
     ],
 )
 def test_the_run_link_points_at_the_tracking_server_or_mlflow_ui_without_credentials(uri: str, base: str) -> None:
-    assert ui_url(uri, "3", "abc") == f"{base}/#/experiments/3/runs/abc"
+    assert ui_url(uri, "3", "abc") == f"{base}/#/experiments/3/runs/abc?workflowType=machine_learning"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +27,7 @@ from burrscope.classes import decide, prob_column
 from burrscope.errors import DataError
 from burrscope.inference.ensemble import BATCH, preprocess
 from burrscope.inference.export import INPUT, load_torchscript
-from burrscope.tables import TORCHSCRIPT
+from burrscope.tables import EXPORT_SUMMARY, TORCHSCRIPT
 
 EXAMPLE_PX = 64  # side of the small raw PNGs that serve as the MLflow input example
 # What RawImageClassifier and the modules it runs import, pinned to this environment's versions. MLflow's own
@@ -53,12 +54,13 @@ class RawImageClassifier(mlflow.pyfunc.PythonModel):
     """Raw image file bytes in (column `image`), the decided label and each class's probability out.
 
     Each image goes through the pipeline's own preprocessing (burrscope.inference.ensemble.preprocess: composite,
-    pad, resize), then the TorchScript model. model_config holds classes, threshold, img_size and background.
+    pad, resize), then the TorchScript model. export.json, an artifact beside it, gives the classes, threshold,
+    img_size and background (as an artifact rather than model_config, which MLflow would log again as params).
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model = load_torchscript(context.artifacts["torchscript"])
-        self.config = context.model_config
+        self.config = json.loads(Path(context.artifacts["export"]).read_text(encoding="utf-8"))
 
     @torch.inference_mode()
     def predict(
@@ -102,8 +104,7 @@ def mlflow_model(summary: dict[str, Any], out_dir: Path, images: torch.Tensor, c
     outputs = [ColSpec("string", "predicted"), *(ColSpec("double", prob_column(c)) for c in classes)]
     return {
         "python_model": RawImageClassifier(),
-        "artifacts": {"torchscript": str(out_dir / TORCHSCRIPT)},
-        "model_config": {key: summary[key] for key in ("classes", "threshold", "img_size", "background")},
+        "artifacts": {"torchscript": str(out_dir / TORCHSCRIPT), "export": str(out_dir / EXPORT_SUMMARY)},
         "code_paths": [str(code_dir)],
         "pip_requirements": [f"{name}=={version(name)}" for name in SERVING_PACKAGES],
         "signature": ModelSignature(inputs=Schema([ColSpec("binary", INPUT)]), outputs=Schema(outputs)),

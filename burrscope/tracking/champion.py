@@ -36,6 +36,17 @@ THRESHOLD_METRIC = "predict.threshold"  # named as in params.yaml: the threshold
 COPIED = {*dict(FIGURES), *dict(COUNTS), THRESHOLD_METRIC}  # the parent's metrics a version's tags repeat
 
 
+def cross_validated(figures: Mapping[str, float]) -> str | None:
+    """The pipeline run's figures in a sentence, "Cross-validated (pooled out-of-fold): ...", or None without any:
+    a registered version's description and its parent run's both say it."""
+    shown = [f"{words} {figures[name]:.3f}" for name, words in FIGURES if name in figures]
+    if not shown:
+        return None
+    counts = [f"{int(figures[name])} {words}" for name, words in COUNTS if name in figures]
+    at = f"; at the threshold {figures[THRESHOLD_METRIC]:g}" if THRESHOLD_METRIC in figures else "; at the threshold"
+    return f"Cross-validated (pooled out-of-fold): {', '.join(shown)}{f'{at}: ' + ', '.join(counts) if counts else ''}."
+
+
 def describe(tags: Mapping[str, str], figures: Mapping[str, float]) -> str:
     """The version's description (Markdown): what it takes and returns, how it was trained, its CV figures."""
     positive = tags.get("positive_class", "None")
@@ -53,11 +64,9 @@ def describe(tags: Mapping[str, str], figures: Mapping[str, float]) -> str:
         f"{tags.get('ensemble', '?')}.",
     ]
     parent = tags.get(PIPELINE_RUN_TAG)
-    shown = [f"{words} {figures[name]:.3f}" for name, words in FIGURES if name in figures]
-    if shown:
-        counts = [f"{int(figures[name])} {words}" for name, words in COUNTS if name in figures]
-        at = f"; at the threshold: {', '.join(counts)}" if counts else ""
-        paragraphs.append(f"Cross-validated (pooled out-of-fold): {', '.join(shown)}{at}.")
+    sentence = cross_validated(figures)
+    if sentence:
+        paragraphs.append(sentence)
     elif parent:
         paragraphs.append(
             "Cross-validated figures: not logged yet (the aggregate stage adds them to the pipeline run)."

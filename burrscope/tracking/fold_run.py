@@ -38,15 +38,18 @@ if TYPE_CHECKING:  # models imports torch; the type is all this module needs
 
 SOURCE = "stages/train.py"
 STEP = "epoch"  # a history row's epoch is the step its scores are logged at, never a metric of its own
-# MLflow samples CPU, memory, disk, network (and GPU with nvidia-ml-py) on a thread: one sample and one small write
-# per interval costs nothing beside an epoch, and 5 s still draws a curve for a fold of a minute. MLflow's
-# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off.
+# With MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true (MLflow's own switch), MLflow samples CPU, memory, disk, network (and
+# GPU with nvidia-ml-py) on a thread. Off by default: its `system/*` metrics would lead every comparison of the folds,
+# ahead of their held-out scores. 5 s still draws a curve for a fold of a minute; MLflow's
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
 SYSTEM_METRICS_INTERVAL_S = 5.0
+SWITCHED_ON = ("true", "1")
 
 
 def start_system_metrics(run_id: str, uri: str) -> SystemMetricsMonitor | None:
-    """MLflow's system metrics monitor on `run_id`; the fluent API starts one only for runs it starts itself."""
-    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+    """MLflow's system metrics monitor on `run_id` when asked for (the fluent API would start one only for runs it
+    starts itself); None otherwise."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() not in SWITCHED_ON:
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 

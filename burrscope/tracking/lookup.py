@@ -29,12 +29,13 @@ class MlflowRun:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page: on the tracking server itself (without credentials), else where `mlflow ui` serves it."""
+    """The run's page: on the tracking server itself (without credentials), else where `mlflow ui` serves it; in
+    the UI's model-training view (MLflow 3 opens in its GenAI view unless told, or unless the experiment says)."""
     parts = urlsplit(tracking_uri)
     base = MLFLOW_UI
     if parts.scheme in {"http", "https"}:
         base = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment="")).rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def mlflow_parent(params: Params, assignment: pd.DataFrame) -> MlflowRun | None:

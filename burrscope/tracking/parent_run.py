@@ -14,10 +14,11 @@ from mlflow.entities import Metric, RunStatus
 
 from burrscope.params import Params
 from burrscope.tables import FOLD_COLUMNS, read_table
-from burrscope.tracking.champion import THRESHOLD_METRIC, settle_parent
+from burrscope.tracking.champion import THRESHOLD_METRIC, cross_validated, settle_parent
 from burrscope.tracking.store import Recorder, connect, pipeline_key
 
 COUNTS = ("missed", "false_alarms")  # at the threshold, as aggregate names them
+NOTE = "mlflow.note.content"  # MLflow's run description
 
 
 def decision_metrics(aggregate_dir: Path) -> dict[str, float]:
@@ -73,6 +74,9 @@ def log_aggregate(
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in sorted(values.items()) if not math.isnan(float(v))]
         connection.client.log_batch(parent_id, metrics=batch)
+        description = cross_validated(values)
+        if description:  # what the parent's page shows as its description, and the runs table beside its name
+            connection.client.set_tag(parent_id, NOTE, description)
         for path in artifacts:
             connection.client.log_artifact(parent_id, str(path))
         connection.client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))

@@ -28,6 +28,7 @@ from burrscope.tracking.store import (
 
 SERVING_MODULE = "burrscope.inference.serving"
 SOURCE = "stages/export.py"
+REGISTERED_VERSION_TAG = "registered_model_version"
 PARITY_METRIC = "parity/{}"  # max abs difference from PyTorch per exported file; MLflow groups metrics by prefix/
 
 
@@ -90,6 +91,8 @@ def log_export(
             facts[PIPELINE_RUN_TAG] = parent_id
         for key, value in facts.items():
             connection.client.set_model_version_tag(registered_model, version, key, value)
+        if parent_id:  # and the pipeline run names the version it made
+            connection.client.set_tag(parent_id, REGISTERED_VERSION_TAG, f"models:/{registered_model}/{version}")
         outcome.update(
             model_uri=info.model_uri,
             version=info.registered_model_version,

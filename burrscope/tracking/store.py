@@ -40,6 +40,7 @@ from burrscope.tracking.provenance import run_tags
 
 PIPELINE_KEY_TAG = "burrscope_pipeline_key"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # a kind MLflow's UI knows
 BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
 # MLflow's own defaults (7 retries with exponential backoff, 120 s per request) spend minutes on a dead
 # server. The start-up probe tries once; epoch and artifact logging ride out a short blip. A user's own
@@ -198,6 +199,9 @@ def connect(experiment: str) -> Connection:
             else:
                 location = artifact_store.DEFAULT_ARTIFACT_ROOT if default_store else None
                 experiment_id = client.create_experiment(experiment, artifact_location=location)
+            if found is None or EXPERIMENT_KIND not in found.tags:
+                # `mlflow ui` then opens the experiment and its runs as model training, not as GenAI evaluation.
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     except Exception as err:  # any store, any failure: the message below is what the user can act on
         raise TrackingUnavailable(
             f"MLflow tracking at {shown_uri(uri)} is unreachable ({reason(err)}): {unreachable_advice(root)}."
