@@ -26,7 +26,9 @@ def main() -> None:
     with user_errors():
         params = load_params()
         pooled, classes = load_predictions(args.folds_csv, args.train_dir, params.folds)
-        pooled, summary, tables = aggregate(pooled, classes, params.folds, params.predict.threshold)
+        pooled, summary, tables = aggregate(
+            pooled, classes, params.folds, params.predict.threshold, name=params.data.class_name
+        )
         tables[POOLED_HISTORY] = load_histories(args.train_dir, params.folds)
         outputs = write_aggregate_outputs(args.out_dir, pooled, summary, tables)
     print(format_summary(summary, params.folds))

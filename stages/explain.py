@@ -42,7 +42,6 @@ def main() -> None:
             classes=ensemble.classes,
             correct=params.explain_correct,
             out_dir=args.out_dir,
-            seed=params.seed + fold,
         )
     print(f"explain: {len(explained)} heatmaps of fold {fold} -> {args.out_dir}")
 

@@ -21,12 +21,12 @@ from burrscope.tables import POOLED_HISTORY_COLUMNS
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PLOTS_DIR = REPO / ".dvc" / "plots"
-# (template, x, y) of every plot: curves joined point to point (`simple` or one of .dvc/plots/), never smoothed as
-# DVC's default template, `linear`, does.
+# (template, x, y) of every plot, each template the project's own (.dvc/plots/): none smooths the points, as DVC's
+# default, `linear`, does.
 INTENDED = {
-    "results/aggregate/confusion.csv": ("confusion", "predicted", "actual"),
-    "results/aggregate/roc.csv": ("simple", "fpr", "tpr"),
-    "results/aggregate/thresholds.csv": ("simple", "threshold", ["precision", "recall"]),
+    "results/aggregate/confusion.csv": ("confusion_counts", "predicted", "actual"),
+    "results/aggregate/roc.csv": ("roc", "fpr", "tpr"),
+    "results/aggregate/thresholds.csv": ("precision_recall", "threshold", ["precision", "recall"]),
     "results/aggregate/calibration.csv": ("reliability", "mean_predicted", "fraction_positive"),
     "results/aggregate/history.csv": ("per_fold", "epoch", "val_loss"),
 }
@@ -56,18 +56,52 @@ def test_every_plot_axis_is_a_column_of_the_table_the_aggregate_writes(tmp_path:
         assert {x, *([y] if isinstance(y, str) else y)} <= columns, plot_id
 
 
-def test_custom_templates_draw_every_point_unsmoothed() -> None:
+def template(name: str) -> dict[str, Any]:
+    return json.loads((PLOTS_DIR / f"{name}.json").read_text())
+
+
+def layers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's layers, or the spec itself when it has none (a facet's inner spec included)."""
+    inner = spec.get("spec", spec)
+    return inner.get("layer", [inner])
+
+
+def test_every_template_is_the_projects_own_and_draws_every_point_unsmoothed() -> None:
     built_in = {template.DEFAULT_NAME for template in TEMPLATES}
-    custom = {props["template"] for props in plot_definitions().values()} - built_in
-    assert custom == {"per_fold", "reliability"}
+    custom = {props["template"] for props in plot_definitions().values()}
+    assert not custom & built_in
     for name in custom:
-        template = json.loads((PLOTS_DIR / f"{name}.json").read_text())
-        text = json.dumps(template)
-        assert template["data"] == {"values": "<DVC_METRIC_DATA>"}, name  # DVC refuses a template without it
+        text = json.dumps(template(name))
+        assert template(name)["data"] == {"values": "<DVC_METRIC_DATA>"}, name  # DVC refuses a template without it
         assert "<DVC_METRIC_X>" in text and "<DVC_METRIC_Y>" in text, name
-        assert "transform" not in text, name  # no loess, nor any other reshaping of the points
-        # A point per row, so that one epoch or one occupied calibration bin still shows (a line needs two).
-        assert '"point": true' in text, name
+        assert "loess" not in text and "regression" not in text, name
+    for name in ("roc", "precision_recall", "per_fold"):  # a point per row: one epoch or one threshold still shows
+        assert layers(template(name))[-1]["mark"]["point"] is True, name
+
+
+def test_the_confusion_matrix_shows_its_counts_without_a_click() -> None:
+    (cells, counts) = layers(template("confusion_counts"))
+    assert cells["mark"]["type"] == "rect" and counts["mark"]["type"] == "text"
+    assert counts["encoding"]["text"]["field"] == "images" and "condition" not in counts["encoding"]["text"]
+    assert "params" not in template("confusion_counts")  # no "showValues" box to tick
+
+
+def test_roc_and_calibration_sit_beside_their_diagonal_on_axes_with_a_margin() -> None:
+    for name in ("roc", "reliability"):
+        diagonal, points = layers(template(name))
+        assert diagonal["data"]["values"][0] != diagonal["data"]["values"][-1] and "strokeDash" in diagonal["mark"]
+        for axis in ("x", "y"):
+            low, high = points["encoding"][axis]["scale"]["domain"]
+            assert low < 0 and high > 1, (name, axis)  # a curve along an edge shows off the frame
+    assert template("reliability")["layer"][1]["mark"]["type"] == "circle"  # dots: never a line across empty bins
+
+
+def test_precision_and_recall_share_a_0_to_1_axis_in_two_colours() -> None:
+    encoding = template("precision_recall")["encoding"]
+    low, high = encoding["y"]["scale"]["domain"]
+    assert low <= 0 and high >= 1
+    colours = encoding["color"]["scale"]
+    assert colours["domain"] == ["precision", "recall"] and len(set(colours["range"])) == 2
 
 
 def test_the_fold_template_draws_a_line_per_fold_of_the_pooled_history() -> None:

@@ -23,7 +23,7 @@ from burrscope.evaluation.pooled import load_predictions
 from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
 from burrscope.params import load_params
 from burrscope.report.build import build_report
-from burrscope.report.figures import calibration_figure
+from burrscope.report.figures import calibration_figure, roc_figure
 from burrscope.report.inputs import ReportInputs
 from burrscope.tracking.lookup import ui_url
 from burrscope.tracking.store import PIPELINE_KEY_TAG, pipeline_key
@@ -323,6 +323,28 @@ def test_the_calibration_plot_keeps_its_corner_points_whole() -> None:
     assert ax.get_xlim()[0] < 0 < 1 < ax.get_xlim()[1] and ax.get_ylim()[0] < 0 < 1 < ax.get_ylim()[1]
 
 
+def test_the_calibration_line_never_crosses_empty_bins() -> None:
+    calibration = pd.DataFrame(
+        {
+            "bin_lower": [0.0, 0.1, 0.7, 0.9],
+            "bin_upper": [0.1, 0.2, 0.8, 1.0],
+            "mean_predicted": [0.02, 0.15, 0.76, 0.97],
+            "fraction_positive": [0.0, 0.1, 1.0, 1.0],
+            "count": [50, 5, 3, 40],
+        }
+    )
+    ax = calibration_figure(calibration, {"ece": 0.0, "brier": 0.0}, "P(burr)").axes[0]
+    joined = [list(line.get_xdata()) for line in ax.get_lines()[1:]]  # the first line is the diagonal
+    assert joined == [[0.02, 0.15], [0.76], [0.97]]  # 0.2 to 0.7 and 0.8 to 0.9 hold nothing
+
+
+def test_the_roc_curve_stands_off_the_frame_beside_the_chance_diagonal() -> None:
+    roc = pd.DataFrame({"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]})  # a perfect score runs along two edges
+    ax = roc_figure(roc, 1.0, "burr").axes[0]
+    assert ax.get_xlim()[0] < 0 and ax.get_ylim()[1] > 1
+    assert [line.get_label() for line in ax.get_lines()] == ["chance", "pooled out-of-fold"]
+
+
 def test_report_is_self_contained_and_escaped(tmp_path: Path, binary: Inputs) -> None:
     page = report(tmp_path, binary)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
@@ -472,3 +494,12 @@ def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
 )
 def test_the_run_link_points_at_the_tracking_server_or_mlflow_ui_without_credentials(uri: str, base: str) -> None:
     assert ui_url(uri, "3", "abc") == f"{base}/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
+def test_the_header_says_when_the_images_are_the_generated_demo(tmp_path: Path, binary: Inputs) -> None:
+    params = load_params(tmp_path / "params.yaml").raw
+    assert params["data"]["raw_dir"] == "data/demo/images"
+    page = build_report(binary, params)
+    assert "<b>Demo data.</b>" in page[: page.index('<p class="provenance">')]  # first, under the title
+    params["data"]["raw_dir"] = "data/raw"
+    assert "Demo data" not in build_report(binary, params)

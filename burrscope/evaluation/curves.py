@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
 from burrscope.classes import prob_column
 from burrscope.tables import CALIBRATION_COLUMNS, THRESHOLD_COLUMNS
+
+
+def confusion_table(decided: pd.DataFrame, name: Callable[[str], str]) -> pd.DataFrame:
+    """One row per image, its actual and predicted class by name: what DVC's confusion plot counts."""
+    return pd.DataFrame({"actual": decided["label"].map(name), "predicted": decided["predicted"].map(name)})
 
 
 def roc_table(pooled: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -4,12 +4,13 @@ the plot tables, written all at once; and the summary as a few lines for the ter
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from burrscope.evaluation.curves import calibration_table, roc_table, threshold_table
+from burrscope.evaluation.curves import calibration_table, confusion_table, roc_table, threshold_table
 from burrscope.evaluation.scores import apply_threshold, calibration_summary, error_counts, summarise
 from burrscope.files import write_text_atomic
 from burrscope.tables import (
@@ -29,14 +30,18 @@ def aggregate(
     classes: list[str],
     folds: int,
     threshold: float,
+    *,
+    name: Callable[[str], str] = str,
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, pd.DataFrame]]:
-    """Decided predictions, the metrics summary and the plot tables (by the file name each is written to)."""
+    """Decided predictions, the metrics summary and the plot tables (by the file name each is written to); the
+    confusion table calls the classes what `name` (params data.class_names) calls them."""
     decided = apply_threshold(pooled, classes, threshold)
     summary = summarise(decided, classes, folds)
     summary["threshold"] = threshold if len(classes) == 2 else None
     summary["errors"] = error_counts(decided, classes)
     summary["calibration"] = calibration_summary(decided, classes)
     tables = {
+        CONFUSION: confusion_table(decided, name),
         ROC: roc_table(decided, classes),
         THRESHOLDS: threshold_table(decided, classes, threshold),
         CALIBRATION: calibration_table(decided, classes),
@@ -56,13 +61,11 @@ def write_aggregate_outputs(
     summary: dict[str, Any],
     tables: dict[str, pd.DataFrame],
 ) -> list[Path]:
-    """Write metrics.json, headline.json, predictions.csv, confusion.csv and `tables` (file name -> table) as CSVs;
-    their paths."""
+    """Write metrics.json, headline.json, predictions.csv and `tables` (file name -> table) as CSVs; their paths."""
     texts = {
         # allow_nan=False: a NaN would make the JSON invalid for the report and for `dvc metrics show`.
         SUMMARY: json.dumps(summary, indent=2, allow_nan=False) + "\n",
         HEADLINE: json.dumps(headline_figures(summary), indent=2, allow_nan=False) + "\n",
-        CONFUSION: pooled[["label", "predicted"]].rename(columns={"label": "actual"}).to_csv(index=False),
         **{name: table.to_csv(index=False) for name, table in tables.items()},
         PREDICTIONS: pooled.to_csv(index=False),
     }

@@ -111,13 +111,21 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(blended * 255).astype(np.uint8), "RGB")
 
 
-def chosen_rows(table: pd.DataFrame, correct: int, seed: int) -> list[int]:
-    """Positions of every misclassified row plus `correct` correctly classified ones drawn with `seed`, in order."""
+def margin(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """How far each row's decision was from going the other way: its top probability minus the runner-up's."""
+    probs = np.sort(table[[prob_column(label) for label in classes]].to_numpy(dtype=float), axis=1)
+    return probs[:, -1] - probs[:, -2]
+
+
+def chosen_rows(table: pd.DataFrame, correct: int, classes: list[str]) -> list[int]:
+    """Positions, in order, of every misclassified row plus the `correct` correctly classified ones that teach most:
+    with two classes positives (burrs) first, where a heatmap has something to show; within that, the lowest margin
+    first, the images the model nearly got wrong. A confident negative's heatmap is nearly blank."""
     right = (table["label"].astype(str) == table["predicted"].astype(str)).to_numpy()
-    drawn = np.random.default_rng(seed).choice(
-        np.flatnonzero(right), size=min(correct, int(right.sum())), replace=False
-    )
-    return sorted([*np.flatnonzero(~right).tolist(), *drawn.tolist()])
+    positive = (table["label"].astype(str) == classes[-1]).to_numpy() if len(classes) == 2 else np.zeros(len(table))
+    candidates = np.flatnonzero(right)
+    order = np.lexsort((candidates, margin(table, classes)[candidates], ~positive[candidates].astype(bool)))
+    return sorted([*np.flatnonzero(~right).tolist(), *candidates[order][:correct].tolist()])
 
 
 def explain_fold(
@@ -129,9 +137,8 @@ def explain_fold(
     classes: list[str],
     correct: int,
     out_dir: Path,
-    seed: int,
 ) -> pd.DataFrame:
-    """Heatmaps of a fold's held-out images: every misclassified one plus `correct` correct ones.
+    """Heatmaps of a fold's held-out images: every misclassified one plus `correct` correct ones (chosen_rows).
 
     `images` is the fold's uint8 N x 3 x S x S tensor, `table` its predictions table (same row order).
     Writes one overlay PNG per explained image, its map weighted by the table's probability of the explained
@@ -140,7 +147,7 @@ def explain_fold(
     """
     if len(table) != len(images):
         raise ValueError(f"predictions table has {len(table)} rows but {len(images)} images were given")
-    rows = chosen_rows(table, correct, seed)
+    rows = chosen_rows(table, correct, classes)
     chosen = table.iloc[rows].reset_index(drop=True)
     explained = explained_classes(list(chosen["predicted"].astype(str)), classes)
     targets = [classes.index(label) for label in explained]

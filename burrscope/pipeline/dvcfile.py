@@ -30,8 +30,10 @@ HEADER = """\
 """
 PLOTS_NOTE = """\
 # What `dvc plots show` draws, into a page that carries vega itself (.dvc/config: plots.html_template), so it works
-# offline. `simple` joins the points as they are; DVC's default, `linear`, smooths them (loess), which would start a
-# ROC curve that rises to 0.96 at fpr 0 near 0.5. Two templates are the project's own, in .dvc/plots/.
+# offline, with the project's templates in .dvc/plots/: counts and class names on the confusion matrix, the chance
+# diagonal beside the ROC curve, precision and recall in two colours on a 0 to 1 axis, one dot per non-empty
+# calibration bin (never a line across empty ones), one line per fold. None smooths the points, as DVC's default
+# `linear` does (loess), which would start a ROC curve that rises to 0.96 at fpr 0 near 0.5.
 """
 ARTIFACTS: dict[str, Any] = {
     "burr-classifier": {
@@ -46,7 +48,7 @@ ARTIFACTS: dict[str, Any] = {
 PLOTS: list[dict[str, Any]] = [
     {
         f"{AGGREGATE}/{CONFUSION}": {
-            "template": "confusion",
+            "template": "confusion_counts",
             "title": "Confusion matrix of the pooled out-of-fold predictions, at predict.threshold",
             "x": "predicted",
             "y": "actual",
@@ -54,8 +56,8 @@ PLOTS: list[dict[str, Any]] = [
     },
     {
         f"{AGGREGATE}/{ROC}": {
-            "template": "simple",
-            "title": "ROC curve of the positive class, pooled out-of-fold",
+            "template": "roc",
+            "title": "ROC curve of the positive class, pooled out-of-fold, beside chance",
             "x": "fpr",
             "y": "tpr",
             "x_label": "false positive rate",
@@ -64,7 +66,7 @@ PLOTS: list[dict[str, Any]] = [
     },
     {
         f"{AGGREGATE}/{THRESHOLDS}": {
-            "template": "simple",
+            "template": "precision_recall",
             "title": "Precision and recall of the positive class against the decision threshold",
             "x": "threshold",
             "y": ["precision", "recall"],
@@ -75,7 +77,7 @@ PLOTS: list[dict[str, Any]] = [
     {
         f"{AGGREGATE}/{CALIBRATION}": {
             "template": "reliability",
-            "title": "Calibration, observed share of positives against mean predicted probability per bin",
+            "title": "Calibration: observed share of positives against mean predicted probability, per bin",
             "x": "mean_predicted",
             "y": "fraction_positive",
             "x_label": "mean predicted probability of the positive class",

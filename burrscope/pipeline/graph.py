@@ -138,7 +138,7 @@ STAGES: tuple[Stage, ...] = (
         "python -m stages.explain {images} " + FOLD_DIR + " {heatmaps}",
         {"images": IMAGES, "model": f"{FOLD_DIR}/{FOLD_FILES[0]}", "predictions": f"{FOLD_DIR}/{PREDICTIONS}"},
         {"heatmaps": Output(f"{EXPLAIN}/fold_{{fold}}", folder=True)},
-        ("seed", "train.explain_correct"),
+        ("train.explain_correct",),
         foreach="split.fold_ids",
     ),
     Stage(
@@ -154,7 +154,7 @@ STAGES: tuple[Stage, ...] = (
             ),
             "headline": Output(f"{AGGREGATE}/{HEADLINE}", cache=False, metric=True),
         },
-        (*TRAINING, "split.folds", "predict.threshold"),
+        (*TRAINING, "split.folds", "predict.threshold", "data.class_names"),
         note="The training keys too: they identify the MLflow parent run that aggregate completes.",
     ),
     Stage(

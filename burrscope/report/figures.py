@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
 from pathlib import Path
 
@@ -26,6 +27,7 @@ CURVE_COLUMNS = 5  # folds per row of the training-curves figure
 # parse_math off: a class label or name containing "$" is printed as is, not as TeX.
 PLOT_STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
 TRAIN_COLOUR, VAL_COLOUR, GREY = "#1f77b4", "#e8710a", "#9aa5b1"
+UNIT_MARGIN = (-0.04, 1.04)  # axes of a probability or rate: the points at 0 and 1 show whole, off the frame
 
 
 def png_uri(png: bytes) -> str:
@@ -74,11 +76,23 @@ def confusion_figure(predictions: pd.DataFrame, classes: list[str], names: list[
 def roc_figure(roc: pd.DataFrame, auc: float, positive: str) -> Figure:
     fig = Figure(figsize=(3.7, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY)
-    ax.plot(roc["fpr"], roc["tpr"], lw=2, color=TRAIN_COLOUR)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal", xlabel="false positive rate", ylabel="true positive rate")
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY, label="chance")
+    # A good model's curve hugs the left and top edges: a margin keeps it off the frame.
+    ax.plot(roc["fpr"], roc["tpr"], lw=2, color=TRAIN_COLOUR, clip_on=False, label="pooled out-of-fold")
+    ax.set(
+        xlim=UNIT_MARGIN, ylim=UNIT_MARGIN, aspect="equal", xlabel="false positive rate", ylabel="true positive rate"
+    )
+    ax.legend(loc="lower right", frameon=False)
     ax.set_title(f"ROC of class {positive!r} (pooled), AUC {auc:.3f}")
     return fig
+
+
+def adjacent_bins(calibration: pd.DataFrame) -> list[pd.DataFrame]:
+    """The calibration table's rows in runs of consecutive bins (calibration.csv lists only non-empty bins)."""
+    starts = calibration["bin_lower"].to_numpy()
+    ends = calibration["bin_upper"].to_numpy()
+    breaks = [0, *(i for i in range(1, len(calibration)) if not np.isclose(starts[i], ends[i - 1])), len(calibration)]
+    return [calibration.iloc[a:b] for a, b in itertools.pairwise(breaks) if b > a]
 
 
 def calibration_figure(calibration: pd.DataFrame, summary: dict[str, float], label: str) -> Figure:
@@ -86,7 +100,9 @@ def calibration_figure(calibration: pd.DataFrame, summary: dict[str, float], lab
     fig = Figure(figsize=(3.7, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", lw=1, color=GREY)
-    ax.plot(calibration["mean_predicted"], calibration["fraction_positive"], color=TRAIN_COLOUR, lw=1.5)
+    # Joined only between neighbouring bins: a line across empty bins would claim values nobody observed.
+    for run in adjacent_bins(calibration):
+        ax.plot(run["mean_predicted"], run["fraction_positive"], color=TRAIN_COLOUR, lw=1.5)
     sizes = 18 + 180 * calibration["count"] / max(1, calibration["count"].max())
     # A well-calibrated model's surest bin sits at (1, 1), on the corner: room around the square and no clipping,
     # so its dot shows whole.
@@ -99,8 +115,8 @@ def calibration_figure(calibration: pd.DataFrame, summary: dict[str, float], lab
         clip_on=False,
     )
     ax.set(
-        xlim=(-0.04, 1.04),
-        ylim=(-0.04, 1.04),
+        xlim=UNIT_MARGIN,
+        ylim=UNIT_MARGIN,
         aspect="equal",
         xlabel=f"mean predicted {label}",
         ylabel="observed frequency",

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from burrscope.params import Params
 from burrscope.tracking.gitinfo import changed_files, git
 from burrscope.tracking.lookup import MlflowRun, mlflow_parent, utc
+
+DEMO_IMAGES = Path("data/demo/images")  # where scripts/make_demo_data.py writes the demo's cut-outs
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Origin:
     commit_date: str | None  # UTC date of the commit
     experiment: str | None  # DVC_EXP_NAME, which `dvc exp run` sets
     mlflow: MlflowRun | None
+    demo: bool = False  # the images are the generated demo (scripts/make_demo_data.py), not photos
 
 
 def git_commit() -> tuple[str | None, str | None]:
@@ -42,4 +46,6 @@ def git_commit() -> tuple[str | None, str | None]:
 def find_origin(params: Params, assignment: pd.DataFrame) -> Origin:
     """The origin of the outputs in the current directory, as the report stage sees it."""
     commit, commit_date = git_commit()
-    return Origin(commit, commit_date, os.environ.get("DVC_EXP_NAME") or None, mlflow_parent(params, assignment))
+    experiment = os.environ.get("DVC_EXP_NAME") or None
+    demo = Path(params.data.raw_dir) == DEMO_IMAGES
+    return Origin(commit, commit_date, experiment, mlflow_parent(params, assignment), demo)
