@@ -13,7 +13,7 @@ from helpers import REPO, Node, dvc_nodes, snakemake_nodes
 
 from burrscope.params import TRAINING_KEYS
 from burrscope.pipeline.codegraph import stage_code
-from burrscope.pipeline.dvcfile import render
+from burrscope.pipeline.generated import stale
 
 GRAPH_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope"]
 STAGE_MODULE_LINES, LIBRARY_MODULE_LINES = 80, 350
@@ -167,7 +167,7 @@ def test_heatmap_changes_rerun_explain_and_report_and_nothing_upstream(workdir: 
     assert rerun_by_file(nodes, "burrscope/inference/explain.py") == {"explain", "report"}
 
 
-def test_dvc_yaml_is_what_the_stage_definitions_make() -> None:
-    """dvc.yaml is written from burrscope/pipeline/graph.py and the code graph: `python -m burrscope.pipeline.dvcfile`
-    rewrites it after a change there or in what a stage imports."""
-    assert (REPO / "dvc.yaml").read_text() == render(REPO)
+def test_the_generated_files_are_what_their_sources_make() -> None:
+    """dvc.yaml (from burrscope/pipeline/graph.py and the code graph) and the rules' conda environment (from
+    pyproject.toml): `python -m burrscope.pipeline.generated` rewrites them after a change to either."""
+    assert stale(REPO) == []

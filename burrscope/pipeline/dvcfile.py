@@ -1,30 +1,24 @@
-"""Write dvc.yaml from the pipeline's stages (graph.py) and the code each one runs (codegraph.py).
-
-    python -m burrscope.pipeline.dvcfile           # rewrite dvc.yaml
-    python -m burrscope.pipeline.dvcfile --check   # exit 1 if dvc.yaml is not what it would write (CI, tests)
+"""dvc.yaml, made from the pipeline's stages (graph.py) and the code each one runs (codegraph.py).
 
 What only DVC has, the plots that `dvc plots show` draws and the exported model's artifact entry, is defined here.
+`python -m burrscope.pipeline.generated` writes the file.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from burrscope.files import write_text_atomic
 from burrscope.pipeline.codegraph import PROJECT_ROOT, stage_code
 from burrscope.pipeline.graph import AGGREGATE, EXPORT, STAGES, Output, Stage
 from burrscope.tables import CALIBRATION, CONFUSION, ONNX, POOLED_HISTORY, ROC, THRESHOLDS
 
-DVC_FILE = "dvc.yaml"
 HEADER = """\
-# The Burrscope pipeline for DVC. Written by `python -m burrscope.pipeline.dvcfile` from burrscope/pipeline/graph.py,
+# The Burrscope pipeline for DVC. Written by `python -m burrscope.pipeline.generated` from burrscope/pipeline/graph.py,
 # which the Snakemake rules in workflow/ read too: edit that file and rerun the command (the tests fail while this one
 # is stale). Each stage's code deps are exactly the files its command runs (burrscope/pipeline/codegraph.py).
 """
@@ -140,21 +134,3 @@ def render(root: Path = PROJECT_ROOT) -> str:
         blocks.append(note + "".join(f"  {line}\n" for line in body.splitlines()) + "\n")
     blocks += [_dump({"artifacts": ARTIFACTS}), "\n", PLOTS_NOTE, _dump({"plots": PLOTS})]
     return "".join(blocks)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
-    args = parser.parse_args()
-    path = PROJECT_ROOT / DVC_FILE
-    text = render()
-    if args.check:
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            sys.exit(f"{DVC_FILE} is stale: run `python -m burrscope.pipeline.dvcfile` and commit the result.")
-        return
-    write_text_atomic(path, text)
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

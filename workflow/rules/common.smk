@@ -8,7 +8,11 @@ from snakemake.utils import validate
 
 # This file is workflow/rules/common.smk. The repository's own package, not an installed copy elsewhere,
 # answers the questions below.
-ROOT = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).resolve().parents[1]
+ROOT = (
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+    .resolve()
+    .parents[1]
+)
 sys.path.insert(0, str(ROOT))
 
 from burrscope.params import SCHEMA_PATH, lookup
@@ -24,7 +28,10 @@ GPU = 1 if config["train"]["device"] != "cpu" and shutil.which("nvidia-smi") els
 def inputs(stage):
     """The stage's data inputs, and as `code` the files its command runs: Snakemake does not track edits to
     them by itself."""
-    return {**graph.snakemake_inputs(graph.BY_NAME[stage], config), "code": stage_code(ROOT, graph.BY_NAME[stage].module)}
+    return {
+        **graph.snakemake_inputs(graph.BY_NAME[stage], config),
+        "code": stage_code(ROOT, graph.BY_NAME[stage].module),
+    }
 
 
 def outputs(stage):

@@ -2,63 +2,71 @@
 
 
 rule normalise:
-    message:
-        "Copying raw images under normalised names and joining the labels"
     input:
         **inputs("normalise"),
     output:
         **outputs("normalise"),
-    params:
-        tracked=tracked("normalise"),
-    threads: workflow.cores  # the stage spreads its images over every core
     log:
         "logs/normalise.log",
+    conda:
+        "../envs/burrscope.yaml"
+    threads: workflow.cores  # the stage spreads its images over every core
+    params:
+        tracked=tracked("normalise"),
+    message:
+        "Copying raw images under normalised names and joining the labels"
     shell:
         command("normalise")
 
 
 rule composite:
-    message:
-        "Compositing transparent cut-outs onto the background colour"
     input:
         **inputs("composite"),
     output:
         **outputs("composite"),
-    params:
-        tracked=tracked("composite"),
-    threads: workflow.cores
     log:
         "logs/composite.log",
+    conda:
+        "../envs/burrscope.yaml"
+    threads: workflow.cores
+    params:
+        tracked=tracked("composite"),
+    message:
+        "Compositing transparent cut-outs onto the background colour"
     shell:
         command("composite")
 
 
 rule resize:
-    message:
-        "Padding to squares and resizing to the model input size"
     input:
         **inputs("resize"),
     output:
         **outputs("resize"),
-    params:
-        tracked=tracked("resize"),
-    threads: workflow.cores
     log:
         "logs/resize.log",
+    conda:
+        "../envs/burrscope.yaml"
+    threads: workflow.cores
+    params:
+        tracked=tracked("resize"),
+    message:
+        "Padding to squares and resizing to the model input size"
     shell:
         command("resize")
 
 
 rule split:
-    message:
-        "Assigning stratified folds"
     input:
         **inputs("split"),
     output:
         **outputs("split"),
-    params:
-        tracked=tracked("split"),
     log:
         "logs/split.log",
+    conda:
+        "../envs/burrscope.yaml"
+    params:
+        tracked=tracked("split"),
+    message:
+        "Assigning stratified folds"
     shell:
         command("split")

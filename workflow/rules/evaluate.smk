@@ -2,60 +2,68 @@
 
 
 rule explain:
-    message:
-        "Grad-CAM heatmaps of fold {wildcards.fold}"
     input:
         **inputs("explain"),
     output:
         **outputs("explain"),
-    params:
-        tracked=tracked("explain"),
     log:
         "logs/explain_{fold}.log",
+    conda:
+        "../envs/burrscope.yaml"
+    params:
+        tracked=tracked("explain"),
+    message:
+        "Grad-CAM heatmaps of fold {wildcards.fold}"
     shell:
         command("explain")
 
 
 rule aggregate:
-    message:
-        "Pooling out-of-fold predictions into cross-validated metrics"
     input:
         **inputs("aggregate"),
     output:
         **outputs("aggregate"),
-    params:
-        tracked=tracked("aggregate"),
     log:
         "logs/aggregate.log",
+    conda:
+        "../envs/burrscope.yaml"
+    params:
+        tracked=tracked("aggregate"),
+    message:
+        "Pooling out-of-fold predictions into cross-validated metrics"
     shell:
         command("aggregate")
 
 
 rule report:
-    message:
-        "Writing reports/report.html"
     input:
         **inputs("report"),
     output:
         **outputs("report"),
-    params:
-        tracked=tracked("report"),
     log:
         "logs/report.log",
+    conda:
+        "../envs/burrscope.yaml"
+    params:
+        tracked=tracked("report"),
+    message:
+        "Writing reports/report.html"
     shell:
         command("report")
 
 
 rule export:
-    message:
-        "Exporting the chosen model to TorchScript and ONNX, and registering it in MLflow"
     input:
         **inputs("export"),
     output:
         **outputs("export"),
-    params:
-        tracked=tracked("export"),
     log:
         "logs/export.log",
+    conda:
+        "../envs/burrscope.yaml"
+    params:
+        tracked=tracked("export"),
+    message:
+        "Exporting the chosen model to TorchScript and ONNX, and registering it in MLflow"
     shell:
         command("export")

@@ -2,36 +2,40 @@
 
 
 rule train:
-    message:
-        "Training fold {wildcards.fold}"
     input:
         **inputs("train"),
     output:
         **outputs("train"),
-    params:
-        tracked=tracked("train"),
+    log:
+        "logs/train_{fold}.log",
+    conda:
+        "../envs/burrscope.yaml"
     threads: max(1, workflow.cores // len(config["split"]["fold_ids"]))
     resources:
         gpu=GPU,
-    log:
-        "logs/train_{fold}.log",
+    params:
+        tracked=tracked("train"),
+    message:
+        "Training fold {wildcards.fold}"
     shell:
         command("train")
 
 
 rule final:
-    message:
-        "Training the final model on every image"
     input:
         **inputs("final"),
     output:
         **outputs("final"),
-    params:
-        tracked=tracked("final"),
+    log:
+        "logs/final.log",
+    conda:
+        "../envs/burrscope.yaml"
     threads: workflow.cores
     resources:
         gpu=GPU,
-    log:
-        "logs/final.log",
+    params:
+        tracked=tracked("final"),
+    message:
+        "Training the final model on every image"
     shell:
         command("final")
