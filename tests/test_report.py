@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pandas as pd
@@ -446,15 +447,20 @@ def header(page: str) -> str:
     return page[page.index('<p class="provenance">') : page.index('<p class="lede">')]
 
 
-def test_the_header_names_the_commit_its_date_and_the_dvc_experiment(
+def test_the_header_names_the_inputs_commit_its_date_and_the_dvc_experiment(
     tmp_path: Path, committed: Inputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout[:8]
     monkeypatch.setenv("DVC_EXP_NAME", "lower-lr")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC rewrites it during the very run
-    top = header(report(tmp_path, committed))
-    assert f"commit <code>{commit}</code> of 2024-05-01" in top and "DVC experiment <code>lower-lr</code>" in top
-    assert "Date of the pipeline run unknown (no MLflow run found)" in top and "no MLflow run" in top
+    page = report(tmp_path, committed)
+    top = header(page)
+    assert f"from commit <code>{commit}</code> of 2024-05-01" in top and "DVC experiment <code>lower-lr</code>" in top
+    assert "no MLflow run" in top
+    # Committing the results the run made leaves the report naming the commit they were computed from.
+    git(tmp_path, "add", "dvc.lock")
+    git(tmp_path, "commit", "-q", "-m", "results")
+    assert report(tmp_path, committed) == page
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + "\n")
     assert f"commit <code>{commit}+dirty</code>" in header(report(tmp_path, committed))
     assert not (tmp_path / "mlflow.db").exists()  # looking for a run never creates a store
@@ -467,13 +473,18 @@ def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary
     experiment = client.create_experiment(params.mlflow.experiment)
     folds_csv = tmp_path / "data" / "processed" / "folds.csv"
     tags = {PIPELINE_KEY_TAG: pipeline_key(recipe, folds_csv)}  # as the folds' runs file their parent
-    run = client.create_run(experiment, start_time=1714645860000, tags=tags, run_name="pipeline").info.run_id
+    client.create_run(experiment, start_time=1714645860000, tags=tags, run_name="pipeline")
     client.create_run(experiment, start_time=1714645990000, tags={PIPELINE_KEY_TAG: "another pipeline run"})
     folds_csv.unlink()  # the report finds the parent from the fold assignment its pooled predictions carry
-    top = header(report(tmp_path, binary))
-    assert "Pipeline run started 2024-05-02 10:31 UTC" in top and "git commit unknown" in top
-    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run}?workflowType=machine_learning"
-    assert f'MLflow run <a href="{page}"><code>{run}</code></a>' in top
+    page = report(tmp_path, binary)
+    top = header(page)
+    assert "git commit unknown" in top
+    search = urllib.parse.urlencode({"searchFilter": f"tags.{PIPELINE_KEY_TAG} = '{tags[PIPELINE_KEY_TAG]}'"})
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment}?{search}&amp;workflowType=machine_learning"
+    assert f'<a href="{link}">MLflow pipeline run</a>' in top
+    # The same pipeline run again (a new parent, as a rerun makes): the same report, byte for byte.
+    client.create_run(experiment, start_time=1714649999000, tags=tags, run_name="rerun")
+    assert report(tmp_path, binary) == page
 
 
 def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
@@ -493,7 +504,10 @@ def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
     ],
 )
 def test_the_run_link_points_at_the_tracking_server_or_mlflow_ui_without_credentials(uri: str, base: str) -> None:
-    assert ui_url(uri, "3", "abc") == f"{base}/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert (
+        ui_url(uri, "3", "tags.k = 'v'")
+        == f"{base}/#/experiments/3?searchFilter=tags.k+%3D+%27v%27&workflowType=machine_learning"
+    )
 
 
 def test_the_header_says_when_the_images_are_the_generated_demo(tmp_path: Path, binary: Inputs) -> None:

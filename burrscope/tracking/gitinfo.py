@@ -22,11 +22,25 @@ def git(cwd: str, *args: str) -> str | None:
     return done.stdout.rstrip() if done.returncode == 0 else None  # porcelain lines start with a space
 
 
+def inputs(*args: str) -> list[str]:
+    """`args` followed by the pathspec of everything but the pipeline's own outputs: the code, data and params."""
+    return [*args, "--", ":(top)", *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS)]
+
+
 def changed_files(cwd: str) -> list[str] | None:
     """Tracked files that differ from the commit, pipeline outputs aside; None outside a repository."""
-    excluded = [f":(top,exclude){path}" for path in PIPELINE_OUTPUTS]
-    status = git(cwd, "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded)
+    status = git(cwd, *inputs("status", "--porcelain", "--untracked-files=no"))
     return None if status is None else sorted(line[3:] for line in status.splitlines())
+
+
+def inputs_commit(cwd: str) -> tuple[str, int] | None:
+    """(hash, commit time) of the last commit that changed the pipeline's inputs, so a commit of results alone (the
+    dvc.lock, results/ and reports/ they made) keeps naming the commit they were made from; None without one."""
+    found = git(cwd, *inputs("log", "-1", "--format=%H %ct"))
+    if not found:
+        return None
+    full, seconds = found.split()
+    return full, int(seconds)
 
 
 def without_credentials(url: str) -> str:
