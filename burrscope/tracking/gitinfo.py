@@ -6,8 +6,10 @@ import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
 GIT_TIMEOUT_S = 10
-# Left out when asking whether the tree differs from its commit: DVC rewrites them during the very run that asks.
+# What a pipeline run writes into the tree (DVC also adds a .gitignore beside its outputs): left out when asking whether
+# the code and data differ from their commit, since DVC rewrites them during the very run that asks.
 PIPELINE_OUTPUTS = ("dvc.lock", "results", "reports")
+WRITTEN_BY_DVC = ":(top,exclude,glob)**/.gitignore"
 
 
 def git(cwd: str, *args: str) -> str | None:
@@ -24,7 +26,7 @@ def git(cwd: str, *args: str) -> str | None:
 
 def inputs(*args: str) -> list[str]:
     """`args` followed by the pathspec of everything but the pipeline's own outputs: the code, data and params."""
-    return [*args, "--", ":(top)", *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS)]
+    return [*args, "--", ":(top)", *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS), WRITTEN_BY_DVC]
 
 
 def changed_files(cwd: str) -> list[str] | None:
