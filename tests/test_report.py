@@ -480,7 +480,7 @@ def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary
     top = header(page)
     assert "git commit unknown" in top
     search = urllib.parse.urlencode({"searchFilter": f"tags.{PIPELINE_KEY_TAG} = '{tags[PIPELINE_KEY_TAG]}'"})
-    link = f"http://127.0.0.1:5000/#/experiments/{experiment}?{search}&amp;workflowType=machine_learning"
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?{search}&amp;workflowType=machine_learning"
     assert f'<a href="{link}">MLflow pipeline run</a>' in top
     # The same pipeline run again (a new parent, as a rerun makes): the same report, byte for byte.
     client.create_run(experiment, start_time=1714649999000, tags=tags, run_name="rerun")
@@ -506,7 +506,7 @@ def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
 def test_the_run_link_points_at_the_tracking_server_or_mlflow_ui_without_credentials(uri: str, base: str) -> None:
     assert (
         ui_url(uri, "3", "tags.k = 'v'")
-        == f"{base}/#/experiments/3?searchFilter=tags.k+%3D+%27v%27&workflowType=machine_learning"
+        == f"{base}/#/experiments/3/runs?searchFilter=tags.k+%3D+%27v%27&workflowType=machine_learning"
     )
 
 

@@ -37,7 +37,7 @@ def ui_url(tracking_uri: str, experiment_id: str, search_filter: str) -> str:
     if parts.scheme in {"http", "https"}:
         base = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment="")).rstrip("/")
     query = urlencode({"searchFilter": search_filter, "workflowType": "machine_learning"})
-    return f"{base}/#/experiments/{experiment_id}?{query}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def pipeline_run_link(params: Params, assignment: pd.DataFrame) -> PipelineRunLink | None:
