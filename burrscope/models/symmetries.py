@@ -45,7 +45,7 @@ def mean_softmax(
     """N x C: `model`'s softmax probabilities of N x 3 x S x S `inputs`, averaged over `variants` of each.
 
     One forward pass over all variants stacked along the batch: fewer, larger kernel calls, and an exported graph
-    (export.py) one model long instead of one per variant, which ONNX export takes 3 times less time to trace.
+    (inference/export.py) one model long instead of one per variant, which exports several times faster.
     """
     stacked = torch.cat([apply_view(inputs, view) for view in variants])
     return model(stacked).float().softmax(1).unflatten(0, (len(variants), -1)).mean(0)

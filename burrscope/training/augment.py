@@ -1,4 +1,4 @@
-"""Augmentation of whole batches of float images, and the symmetries of the square it draws from."""
+"""Augmentation of whole batches of float images: random flips, quarter turns and brightness/contrast jitter."""
 
 from __future__ import annotations
 
