@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 BAR_WIDTH = 30
@@ -26,6 +27,15 @@ def progress_bar(stream: TextIO, what: str = "predict") -> Callable[[int, int], 
         stream.flush()
 
     return report
+
+
+def path_arguments(description: str, *names: str) -> argparse.Namespace:
+    """The command line of a stage whose arguments are all paths, in the order of `names`; `description` (the
+    stage's docstring) says what each is."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in names:
+        parser.add_argument(name, type=Path)
+    return parser.parse_args()
 
 
 def positive_int(text: str) -> int:

@@ -3,13 +3,16 @@
 Labels are decided with params `predict.threshold`. Writes metrics.json, headline.json (what `dvc exp show` lists),
 predictions.csv, confusion.csv, roc.csv, thresholds.csv, calibration.csv and history.csv (every fold's curves), then
 logs the summary to the pipeline run's MLflow parent.
+
+Arguments:
+  FOLDS_CSV: data/processed/folds.csv
+  TRAIN_DIR: folder holding fold_<k>/predictions.csv and history.csv
+  OUT_DIR: where the metrics and tables go
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
+from burrscope.console import path_arguments
 from burrscope.errors import user_errors
 from burrscope.evaluation.pooled import load_histories, load_predictions
 from burrscope.evaluation.summary import aggregate, format_summary, write_aggregate_outputs
@@ -18,11 +21,7 @@ from burrscope.tables import POOLED_HISTORY
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("folds_csv", type=Path, help="data/processed/folds.csv")
-    parser.add_argument("train_dir", type=Path, help="folder holding fold_<k>/predictions.csv and history.csv")
-    parser.add_argument("out_dir", type=Path, help="where the metrics and tables go")
-    args = parser.parse_args()
+    args = path_arguments(__doc__, "folds_csv", "train_dir", "out_dir")
     with user_errors():
         params = load_params()
         pooled, classes = load_predictions(args.folds_csv, args.train_dir, params.folds)

@@ -1,11 +1,15 @@
-"""Stage 2: flatten every photo onto the background colour, upright (EXIF applied), as RGB PNG."""
+"""Stage 2: flatten every photo onto the background colour, upright (EXIF applied), as RGB PNG.
+
+Arguments:
+  IN_DIR: normalised photos
+  OUT_DIR: folder for the composited PNGs
+"""
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
-from pathlib import Path
 
+from burrscope.console import path_arguments
 from burrscope.data.folders import map_folder
 from burrscope.data.images import composite_on_background
 from burrscope.errors import user_errors
@@ -18,10 +22,7 @@ PNG_LEVEL = 1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("in_dir", type=Path, help="normalised photos")
-    parser.add_argument("out_dir", type=Path, help="folder for the composited PNGs")
-    args = parser.parse_args()
+    args = path_arguments(__doc__, "in_dir", "out_dir")
     with user_errors():
         background = load_params().background
         count = map_folder(

@@ -1,14 +1,17 @@
 """Stage 6: Grad-CAM heatmaps of a fold's model on its held-out images: every mistake and a few correct ones.
 
 Writes one overlay PNG per explained image and heatmaps.csv into the output folder, all at once.
+
+Arguments:
+  IMAGES_DIR: resized model inputs (data/processed/images)
+  FOLD_DIR: the fold's training outputs: model.pt and predictions.csv
+  OUT_DIR: writes the overlays and heatmaps.csv
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from burrscope.classes import prob_column
+from burrscope.console import path_arguments
 from burrscope.errors import DataError, user_errors
 from burrscope.inference.ensemble import load_ensemble
 from burrscope.inference.explain import explain_fold
@@ -19,11 +22,7 @@ from burrscope.tables import PREDICTION_COLUMNS, RERUN, read_table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("images_dir", type=Path, help="resized model inputs (data/processed/images)")
-    parser.add_argument("fold_dir", type=Path, help="the fold's training outputs: model.pt and predictions.csv")
-    parser.add_argument("out_dir", type=Path, help="writes the overlays and heatmaps.csv")
-    args = parser.parse_args()
+    args = path_arguments(__doc__, "images_dir", "fold_dir", "out_dir")
     with user_errors():
         params = load_params()
         pin_cpu_numerics(params.recipe.cpu_threads)  # the heatmaps as reproducible as the training that they explain

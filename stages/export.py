@@ -3,15 +3,20 @@
 Both files are checked against PyTorch before anything is written. MLflow comes after the files: a tracking
 failure is a warning recorded in logs/export.json, never a lost export. The registered MLflow model takes raw image
 file bytes and applies the training preprocessing itself (burrscope.inference.serving).
+
+Arguments:
+  FOLDS_CSV: fold assignment (data/processed/folds.csv)
+  IMAGES_DIR: processed model inputs (data/processed/images)
+  TRAIN_DIR: trained models (results/train)
+  OUT_DIR: writes model.ts, model.onnx, export.json
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
+from burrscope.console import path_arguments
 from burrscope.errors import user_errors
 from burrscope.inference.ensemble import chosen_checkpoints, load_ensemble
 from burrscope.inference.export import parity_images, write_exports
@@ -22,12 +27,7 @@ from burrscope.tracking.registry import register
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("folds_csv", type=Path, help="fold assignment (data/processed/folds.csv)")
-    parser.add_argument("images_dir", type=Path, help="processed model inputs (data/processed/images)")
-    parser.add_argument("train_dir", type=Path, help="trained models (results/train)")
-    parser.add_argument("out_dir", type=Path, help="writes model.ts, model.onnx, export.json")
-    args = parser.parse_args()
+    args = path_arguments(__doc__, "folds_csv", "images_dir", "train_dir", "out_dir")
     with user_errors():
         params = load_params()
         started = time.perf_counter()

@@ -1,23 +1,24 @@
-"""Stage 1: copy the raw photos under clean ASCII names; write the manifest joining them to their labels."""
+"""Stage 1: copy the raw photos under clean ASCII names; write the manifest joining them to their labels.
+
+Arguments:
+  RAW_DIR: folder of raw photos (read only)
+  LABELS_CSV: CSV with columns file, label[, group]
+  OUT_DIR: folder for the renamed copies
+  MANIFEST_CSV: manifest to write
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
+from burrscope.console import path_arguments
 from burrscope.data.manifest import normalise_folder
 from burrscope.errors import user_errors
 from burrscope.params import load_params
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("raw_dir", type=Path, help="folder of raw photos (read only)")
-    parser.add_argument("labels_csv", type=Path, help="CSV with columns file, label[, group]")
-    parser.add_argument("out_dir", type=Path, help="folder for the renamed copies")
-    parser.add_argument("manifest_csv", type=Path, help="manifest to write")
-    args = parser.parse_args()
+    args = path_arguments(__doc__, "raw_dir", "labels_csv", "out_dir", "manifest_csv")
     with user_errors():
         data = load_params().data
         manifest = normalise_folder(

@@ -1,11 +1,15 @@
-"""Stage 3: pad every composited photo to a square and resize it to the model's input size."""
+"""Stage 3: pad every composited photo to a square and resize it to the model's input size.
+
+Arguments:
+  IN_DIR: composited RGB PNGs
+  OUT_DIR: folder for the square model inputs
+"""
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
-from pathlib import Path
 
+from burrscope.console import path_arguments
 from burrscope.data.folders import map_folder
 from burrscope.data.images import prepare_input
 from burrscope.errors import user_errors
@@ -13,10 +17,7 @@ from burrscope.params import load_params
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("in_dir", type=Path, help="composited RGB PNGs")
-    parser.add_argument("out_dir", type=Path, help="folder for the square model inputs")
-    args = parser.parse_args()
+    args = path_arguments(__doc__, "in_dir", "out_dir")
     with user_errors():
         params = load_params()
         # The padding is the same colour transparent pixels became, so the square has no visible border.

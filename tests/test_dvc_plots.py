@@ -13,8 +13,7 @@ import pandas as pd
 import yaml
 from configobj import ConfigObj
 from dvc_render.vega_templates import TEMPLATES
-from helpers import REPO
-from test_aggregate import TOY, fake_run, run_aggregate
+from helpers import REPO, TOY, fake_training, run_aggregate
 
 from burrscope.evaluation.pooled import load_histories
 from burrscope.tables import POOLED_HISTORY_COLUMNS
@@ -49,7 +48,7 @@ def test_every_plot_has_its_intended_template_axes_and_a_title() -> None:
 
 def test_every_plot_axis_is_a_column_of_the_table_the_aggregate_writes(tmp_path: Path) -> None:
     run_aggregate(tmp_path, TOY)
-    _, train_dir = fake_run(tmp_path / "train", TOY)
+    _, train_dir = fake_training(tmp_path / "train", TOY)
     load_histories(train_dir, 2).to_csv(tmp_path / "out" / "history.csv", index=False)  # as the stage does
     for plot_id, (_, x, y) in INTENDED.items():
         columns = set(pd.read_csv(tmp_path / "out" / Path(plot_id).name).columns)

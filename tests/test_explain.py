@@ -243,26 +243,18 @@ def test_a_confident_negative_gets_a_faint_overlay_where_its_own_peak_would_be_s
     burr = int(np.flatnonzero(labels.numpy())[0])  # an image whose own-peak map has a saturated hot spot
     assert gradcam(trained, inputs[burr : burr + 1], [1]).amax().item() == 1
     table = fold_table(labels[burr : burr + 1], [0])
-    table[["prob_0", "prob_1"]] = [[0.998, 0.002]]  # as if the model were sure there is no burr
-    explain_fold(
-        trained,
-        images[burr : burr + 1],
-        NORMALISATION,
-        table,
-        classes=["0", "1"],
-        correct=0,
-        out_dir=tmp_path / "sure",
-    )
-    table[["prob_0", "prob_1"]] = [[0.02, 0.98]]  # the same map, now backed by a confident burr call
-    explain_fold(
-        trained,
-        images[burr : burr + 1],
-        NORMALISATION,
-        table,
-        classes=["0", "1"],
-        correct=0,
-        out_dir=tmp_path / "burr",
-    )
+    # As if the model were sure there is no burr ("sure"), then the same map backed by a confident burr call.
+    for out, probabilities in (("sure", [0.998, 0.002]), ("burr", [0.02, 0.98])):
+        table[["prob_0", "prob_1"]] = [probabilities]
+        explain_fold(
+            trained,
+            images[burr : burr + 1],
+            NORMALISATION,
+            table,
+            classes=["0", "1"],
+            correct=0,
+            out_dir=tmp_path / out,
+        )
     photo = images[burr].permute(1, 2, 0).numpy().astype(int)
     with Image.open(tmp_path / "sure" / "img_0.png") as faint, Image.open(tmp_path / "burr" / "img_0.png") as hot:
         faint_change, hot_change = (np.abs(np.asarray(png, int) - photo).max() for png in (faint, hot))

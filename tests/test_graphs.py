@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import REPO, Node, dvc_nodes, snakemake_nodes
+from helpers import REPO, Node, copy_definition, dvc_nodes, snakemake_nodes
 
 from burrscope.params import TRAINING_KEYS
 from burrscope.pipeline.codegraph import stage_code
 from burrscope.pipeline.generated import stale
 
-GRAPH_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope"]
 STAGE_MODULE_LINES, LIBRARY_MODULE_LINES = 80, 350
-
-
-def copy_definition(root: Path, final: bool = False) -> None:
-    """The pipeline definition copied into root, with an empty raw folder, so neither tool touches the repo."""
-    for name in GRAPH_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / params["data"]["raw_dir"]).mkdir(parents=True)
-    (root / params["data"]["labels"]).write_text("file,label\n")
-    if final:
-        params["predict"]["final"] = ["all"]
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

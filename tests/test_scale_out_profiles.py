@@ -6,18 +6,16 @@ tests/test_slurm_cluster.py runs them on a real (local) cluster; these checks ar
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, run, user_env
+from helpers import REPO, copy_definition, run, user_env
 
 FOLD_RULES = {"train", "final"}
 # What profiles/slurm-local may replace: the per-job requests, and how soon the plugin first polls.
 LOCAL_KEYS = {"set-threads", "set-resources", "slurm-init-seconds-before-status-checks"}
-DEFINITION = ["Snakefile", "params.yaml", "workflow", "profiles", "stages", "burrscope"]
 
 
 def profile(name: str) -> dict[str, Any]:
@@ -68,17 +66,7 @@ def test_the_local_cluster_profile_drops_the_gpu_and_fits_one_cpu() -> None:
 def definition(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline definition in a temp folder with an empty raw folder and every optional job (the final model)."""
     root = tmp_path_factory.mktemp("slurm_graph")
-    for name in DEFINITION:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / params["data"]["raw_dir"]).mkdir(parents=True)
-    (root / params["data"]["labels"]).write_text("file,label\n")
-    params["predict"]["final"] = ["all"]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    copy_definition(root, final=True)
     return root
 
 
