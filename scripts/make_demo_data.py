@@ -2,9 +2,17 @@
 
 Why synthetic: the pipeline needs a small, redistributable, byte-reproducible dataset that exercises the
 awkward parts of real uploads (transparent pixels that hold non-black colour, messy and colliding file
-names, mixed sizes and orientations) while carrying a learnable cue: a burr is a small bright jagged
-protrusion out of the silhouette (4-7% of the part's length, >= 12 px once padded and resized to 224);
-holes, chamfers, grooves, threads, steps, glints and stains appear in both classes, inside the outline.
+names, mixed sizes and orientations) while carrying a cue that is learnable but, as on real photos, not
+trivially so (the default recipe misses a few burrs and raises a few false alarms):
+- a burr is a small protrusion out of the silhouette, 1-3% of the part's length (15% of burred parts 1-1.4%,
+  the rest 2.2-3%; >= 2 px once padded and resized to 224), 1 to 3 of them per burred part (30/45/25%):
+  slivers, ragged flaps, rows of teeth, rolled-over hooks and rolled edges; mostly bright bare metal, on 20%
+  of burred parts dull and in the part's own tint;
+- burr look-alikes sit on the edge of 35% of good parts (and 15% of burred ones), one each: chips (35%)
+  bitten out of the outline, 1-2.5% of the length deep; casting flash (20%), a fin 0.5-1% high along 6-16%
+  of the length with one spike up to twice that; specks of dust or lint (25%), 0.4-1% across; scratches
+  (20%) that run up to 2.5 px off the edge;
+- holes, chamfers, notches, grooves, threads, steps, glints and stains appear in both classes, inside the outline.
 
 Usage: python scripts/make_demo_data.py [--out data/demo] [--count 120] [--seed 2024]
 """
@@ -25,10 +33,26 @@ from PIL import Image, ImageDraw, ImageFilter
 SUPERSAMPLE = 4  # silhouettes are drawn at 4x and box-filtered: a 1 px anti-aliased alpha edge
 MIN_SIDE, MAX_SIDE = 80, 600
 BURR_SHARE = 0.45
-BARE_STEEL = np.array([0.86, 0.87, 0.89])  # tint of a freshly torn burr, whatever the part's surface
-ROOT = 2.0  # px a burr reaches into the body, so burr and body join without a seam
-BURR_SHARE_OF_LENGTH = (0.04, 0.07)  # how far a burr sticks out, as a share of the part's length
-BURR_MIN_224 = 12.5  # ...but at least this many px in the padded 224 x 224 model input
+BARE_STEEL = np.array([0.86, 0.87, 0.89])  # tint of freshly torn metal (burrs, chips), whatever the part's surface
+DUST = np.array([0.92, 0.88, 0.78])  # light grey-beige dust
+LINT = np.array([0.85, 0.85, 0.88])  # dark lint and grit (at a low grey level)
+ROOT = 2.0  # px a mark reaches into the body (or a bite beyond it), so the two join without a seam
+# How far a burr sticks out, as a share of the part's length: TINY_BURR_SHARE of burrs are tiny, the rest small.
+TINY_BURR_SHARE_OF_LENGTH = (0.01, 0.014)
+BURR_SHARE_OF_LENGTH = (0.022, 0.03)
+TINY_BURR_SHARE = 0.15
+BURR_MIN_224 = 2.0  # ...but at least this many px in the padded 224 x 224 model input
+BURR_COUNT_SHARES = (0.3, 0.45, 0.25)  # shares of burred parts with 1, 2 and 3 burrs
+SUBTLE_BURR_SHARE = 0.2  # dull burrs in the part's own tint (often darker than it) instead of bright bare metal
+# Burr look-alikes on the edge, as shares of the part's length.
+CHIP_SHARE_OF_LENGTH = (0.01, 0.025)  # depth of a chip bitten out of the edge
+FLASH_SHARE_OF_LENGTH = (0.005, 0.01)  # height of a casting-flash fin...
+FLASH_SPAN_SHARE_OF_LENGTH = (0.06, 0.16)  # ...and its length along the edge
+DUST_SHARE_OF_LENGTH = (0.004, 0.01)  # size of a speck of dust
+SCRATCH_OVERSHOOT = (0.8, 2.5)  # px a scratch's lip reaches past the edge
+MARK_SPACING = 0.08  # least distance between two marks' spots, as a share of the part's length
+# Share of parts that carry a look-alike, keyed by "is burred".
+DISTRACTED_SHARE = {False: 0.35, True: 0.15}
 DEFAULT_COUNT = 120
 
 # Deliberately awkward names first (so even a small --count has them); the first pairs collide once
@@ -310,75 +334,137 @@ def _outline(part: Part) -> np.ndarray:
     return np.concatenate([top, bottom])
 
 
+# ---------------------------------------------------------------- burrs and their look-alikes on the outline
+
+
+@dataclass
+class EdgeSpot:
+    """A point on the outline with its unit tangent and outward normal, all in part coordinates."""
+
+    base: np.ndarray
+    tangent: np.ndarray
+    normal: np.ndarray
+
+    def place(self, local: np.ndarray) -> np.ndarray:
+        """(along-edge, outward) px around this spot -> part coordinates."""
+        return self.base + local[:, :1] * self.tangent + local[:, 1:] * self.normal
+
+
+@dataclass
+class Mark:
+    """A burr or a burr look-alike on the outline: a polygon in part coordinates, and how it is drawn."""
+
+    poly: np.ndarray
+    spot: EdgeSpot
+    effect: str = "add"  # "add": joins the silhouette | "paint": recolours the body only | "cut": bitten out of it
+    level: float | None = None  # grey level (1 = bright metal); None: the body's own shading there
+    gain: float = 1.0  # multiplies the level
+    rise: float = 0.0  # extra level `reach` px out from the spot: a burr is brightest towards its tip
+    reach: float = 1.0
+    tint: np.ndarray | None = None  # None: the part's own tint
+
+
 def burr_height(length: float, long_side: float, rng: np.random.Generator) -> float:
-    """How far a burr sticks out (px): 4-7% of the part's length, never under BURR_MIN_224 px once
-    the cut-out (long side `long_side` px before the burr) is padded to a square and resized to 224."""
+    """How far a burr sticks out (px): 1-1.4% of the part's length for a few, 2.2-3% for the rest, never under
+    BURR_MIN_224 px once the cut-out (long side `long_side` px before the burr) is padded and resized to 224."""
+    shares = TINY_BURR_SHARE_OF_LENGTH if rng.random() < TINY_BURR_SHARE else BURR_SHARE_OF_LENGTH
     # Solve h >= BURR_MIN_224 / 224 * (long_side + h), so an end burr that lengthens the image counts too.
     c = BURR_MIN_224 / 224.0
-    return max(length * rng.uniform(*BURR_SHARE_OF_LENGTH), c * long_side / (1.0 - c))
+    return max(length * rng.uniform(*shares), c * long_side / (1.0 - c))
+
+
+def _sliver(rng: np.random.Generator, h: float, lean: float) -> list[tuple[float, float]]:
+    """A leaning splinter with a jag cut into one flank."""
+    w = h * rng.uniform(0.35, 0.5)
+    notch = rng.uniform(0.4, 0.6)
+    return [
+        (-w, 0.0),
+        (lean * h - w * 0.15, h),
+        (lean * h * notch + w * (1.0 - notch) * 0.3, h * notch),
+        (lean * h * notch + w * (1.0 - notch) + 0.25 * h * rng.uniform(0.4, 1.0), h * (notch - 0.12)),
+        (w, 0.0),
+    ]
+
+
+def _flap(rng: np.random.Generator, h: float, lean: float) -> list[tuple[float, float]]:
+    """A ragged flap of torn metal with an uneven top."""
+    w = h * rng.uniform(0.7, 1.1)
+    k = int(rng.integers(4, 7))
+    heights = h * rng.uniform(0.55, 1.0, k)
+    heights[rng.integers(k)] = h
+    along = np.linspace(-w * 0.85, w * 0.85, k) + rng.uniform(-0.08, 0.08, k) * w
+    return [(-w, 0.0), *((float(a + lean * b), float(b)) for a, b in zip(along, heights, strict=True)), (w, 0.0)]
+
+
+def _teeth(rng: np.random.Generator, h: float, lean: float) -> list[tuple[float, float]]:
+    """A short row of jagged teeth."""
+    n = int(rng.integers(3, 6))
+    w = h * rng.uniform(0.5, 0.8) * n / 2
+    along = np.linspace(-w, w, 2 * n + 1)
+    heights = [h * (rng.uniform(0.7, 1.0) if i % 2 else rng.uniform(0.15, 0.35)) for i in range(2 * n + 1)]
+    heights[0] = heights[-1] = 0.0
+    heights[2 * int(rng.integers(n)) + 1] = h
+    return [(float(a + lean * b), float(b)) for a, b in zip(along, heights, strict=True)]
+
+
+def _rolled_lip(rng: np.random.Generator, h: float, lean: float) -> list[tuple[float, float]]:
+    """A rolled-over lip: a narrow wall whose crest curls over into a hook (towards the side `lean` says)."""
+    w = h * rng.uniform(0.35, 0.5)
+    reach = h * rng.uniform(0.6, 0.9)  # how far the hook's tip hangs out sideways
+    hook = [
+        (-w, 0.0),
+        (-0.7 * w, 0.55 * h),
+        (-0.2 * w + 0.1 * h, 0.9 * h),
+        (0.4 * reach, h),
+        (reach, h * rng.uniform(0.7, 0.85)),
+        (0.6 * reach, h * rng.uniform(0.6, 0.7)),
+        (0.5 * w, 0.4 * h),
+        (w, 0.0),
+    ]
+    return hook if lean >= 0 else [(-a, b) for a, b in reversed(hook)]
+
+
+def _rolled_edge(rng: np.random.Generator, h: float, lean: float) -> list[tuple[float, float]]:
+    """A lip rolled over along a stretch of edge, as a saw or a blunt tool leaves it: long, low, wavy."""
+    w = h * rng.uniform(2.0, 4.0)
+    along = np.linspace(-w, w, 2 * int(w / h * 3) + 3)
+    taper = np.sin(np.linspace(0.0, math.pi, along.size)) ** 0.4
+    crest = h * taper * rng.uniform(0.6, 1.0, along.size)
+    crest[1 + int(rng.integers(along.size - 2))] = h
+    return [(float(a + lean * b), float(b)) for a, b in zip(along, crest, strict=True)]
+
+
+BURR_SHAPES = (_sliver, _flap, _teeth, _rolled_lip, _rolled_edge)
 
 
 def _burr_shape(rng: np.random.Generator, h: float) -> np.ndarray:
-    """A burr in (along-edge, outward) px, about as wide as tall: a leaning sliver, a ragged flap or a
-    row of jagged teeth. Its base sits ROOT px inside the body, so body and burr join without a seam."""
-    style = rng.choice(["sliver", "flap", "teeth"])
-    lean = rng.uniform(-0.35, 0.35)
-    if style == "sliver":
-        w = h * rng.uniform(0.3, 0.45)
-        notch = rng.uniform(0.4, 0.6)
-        top = [
-            (-w, 0.0),
-            (lean * h - w * 0.15, h),
-            (lean * h * notch + w * (1.0 - notch) * 0.3, h * notch),  # a jag cut into one flank
-            (lean * h * notch + w * (1.0 - notch) + rng.uniform(1.0, 0.25 * h), h * (notch - 0.12)),
-            (w, 0.0),
-        ]
-    elif style == "flap":
-        w = h * rng.uniform(0.4, 0.6)
-        k = int(rng.integers(3, 6))
-        heights = h * rng.uniform(0.55, 1.0, k)
-        heights[rng.integers(k)] = h
-        along = np.linspace(-w * 0.85, w * 0.85, k) + rng.uniform(-0.08, 0.08, k) * w
-        top = [
-            (-w, 0.0),
-            *((float(a + lean * b), float(b)) for a, b in zip(along, heights, strict=True)),
-            (w, 0.0),
-        ]
-    else:
-        n = int(rng.integers(2, 4))
-        w = h * rng.uniform(0.45, 0.65)
-        along = np.linspace(-w, w, 2 * n + 1)
-        heights = [h * (rng.uniform(0.7, 1.0) if i % 2 else rng.uniform(0.15, 0.35)) for i in range(2 * n + 1)]
-        heights[0] = heights[-1] = 0.0
-        heights[2 * int(rng.integers(n)) + 1] = h
-        top = [(float(a + lean * b), float(b)) for a, b in zip(along, heights, strict=True)]
+    """A burr h px tall in (along-edge, outward) px; its base sits ROOT px inside the body, so body and burr
+    join without a seam."""
+    top = BURR_SHAPES[int(rng.integers(len(BURR_SHAPES)))](rng, h, rng.uniform(-0.35, 0.35))
     return np.asarray([(top[0][0], -ROOT), *top, (top[-1][0], -ROOT)])
 
 
-def _place_burr(
-    rng: np.random.Generator, part: Part, outline: np.ndarray, h: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Put a burr on the outline, mostly at an end (faces, corners), sometimes on a side edge.
-
-    Returns the burr polygon, its base point and its outward direction, all in part coordinates.
-    """
+def _edge_spot(
+    rng: np.random.Generator, part: Part, outline: np.ndarray, half: float, end_share: float, min_run: float
+) -> EdgeSpot:
+    """A random spot on the outline for a mark 2 * half px wide: at an end (faces, corners) with probability
+    end_share, else on a side edge; outside keep-out ranges and on a straight run of at least min_run px
+    (both waived where no such edge exists)."""
     seg = np.roll(outline, -1, axis=0) - outline
     lengths = np.hypot(seg[:, 0], seg[:, 1])
     mid = outline[:, 0] + seg[:, 0] / 2
     length = part.length
-    allowed = np.ones(len(outline), dtype=bool)
+    allowed = lengths >= min_run
     for lo, hi in part.keep_out:
-        allowed &= (mid < lo - 2 * h) | (mid > hi + 2 * h)
+        allowed &= (mid < lo - 2 * half) | (mid > hi + 2 * half)
     ends = (mid < 0.08 * length) | (mid > 0.92 * length)
     sides = (mid > 0.1 * length) & (mid < 0.9 * length)
-    first, second = (ends, sides) if rng.random() < 0.7 else (sides, ends)
-    ok = next(c for c in (first & allowed, second & allowed, ends) if lengths[c].sum() > 0)
+    first, second = (ends, sides) if rng.random() < end_share else (sides, ends)
+    ok = next(c for c in (first & allowed, second & allowed, allowed, ends) if lengths[c].sum() > 0)
     weights = np.where(ok, lengths, 0.0)
     i = int(rng.choice(len(weights), p=weights / weights.sum()))
-    shape = _burr_shape(rng, h)
-    half = float(shape[:, 0].max() - shape[:, 0].min()) / 2
-    # Most of the base stays on the edge, so the burr never floats beside a corner.
-    lo = min(0.5, 0.6 * half / lengths[i])
+    # Most of the base stays on the edge (all of it for a stretch of min_run), so no mark floats beside a corner.
+    lo = min(0.5, (1.0 if min_run else 0.6) * half / lengths[i])
     if ends[i]:  # near the corners of the end
         t = rng.uniform(lo, max(lo, 0.35))
         t = t if rng.random() < 0.5 else 1.0 - t
@@ -386,8 +472,142 @@ def _place_burr(
         t = rng.uniform(max(lo, 0.2), min(1.0 - lo, 0.8)) if lo < 0.5 else 0.5
     tangent = seg[i] / lengths[i]
     normal = np.array([tangent[1], -tangent[0]])  # outward for a counter-clockwise outline
-    base = outline[i] + t * seg[i]
-    return base + shape[:, :1] * tangent + shape[:, 1:] * normal, base, normal
+    return EdgeSpot(outline[i] + t * seg[i], tangent, normal)
+
+
+def _pick_spot(
+    rng: np.random.Generator,
+    part: Part,
+    outline: np.ndarray,
+    half: float,
+    taken: list[np.ndarray],
+    *,
+    end_share: float = 0.7,
+    min_run: float = 0.0,
+) -> EdgeSpot:
+    """_edge_spot, tried again (up to 8 times) while it lands within MARK_SPACING of the part's length of a
+    spot already taken; the spot is added to `taken`."""
+    for _ in range(8):
+        spot = _edge_spot(rng, part, outline, half, end_share, min_run)
+        if all(np.hypot(*(spot.base - other)) >= MARK_SPACING * part.length for other in taken):
+            break
+    taken.append(spot.base)
+    return spot
+
+
+def _ribbon(points: np.ndarray, width: float) -> np.ndarray:
+    """A polyline thickened to a polygon `width` px wide."""
+    step = np.gradient(points, axis=0)
+    side = np.stack([-step[:, 1], step[:, 0]], axis=1) / np.hypot(step[:, 0], step[:, 1])[:, None] * width / 2
+    return np.concatenate([points + side, (points - side)[::-1]])
+
+
+def _burrs(rng: np.random.Generator, part: Part, outline: np.ndarray, h: float, taken: list[np.ndarray]) -> list[Mark]:
+    """1-3 burrs h px tall (one tool, one height), each of its own shape: mostly bright bare metal, on some parts
+    (SUBTLE_BURR_SHARE) dull and in the part's own tint, often darker than the part."""
+    count = int(rng.choice(len(BURR_COUNT_SHARES), p=BURR_COUNT_SHARES)) + 1
+    subtle = rng.random() < SUBTLE_BURR_SHARE
+    burrs = []
+    for _ in range(count):
+        local = _burr_shape(rng, h)
+        width = float(np.ptp(local[:, 0]))
+        # A wide burr (a rolled edge) lies along one straight edge.
+        spot = _pick_spot(rng, part, outline, width / 2, taken, min_run=width if width > 2.5 * h else 0.0)
+        level, rise, tint = (
+            (rng.uniform(0.45, 0.7), 0.08, None) if subtle else (rng.uniform(1.0, 1.15), 0.12, BARE_STEEL)
+        )
+        burrs.append(Mark(spot.place(local), spot, level=level, rise=rise, reach=h, tint=tint))
+    return burrs
+
+
+def _chip(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list[np.ndarray]) -> list[Mark]:
+    """A chip: a jagged bite out of the edge, as deep as a burr is tall, with a torn bright or shadowed wall."""
+    depth = part.length * rng.uniform(*CHIP_SHARE_OF_LENGTH)
+    half = depth * rng.uniform(0.6, 1.3)
+    spot = _pick_spot(rng, part, outline, half, taken)
+    along = np.sort(rng.uniform(-0.8, 0.8, int(rng.integers(2, 5)))) * half
+    inward = -depth * rng.uniform(0.5, 1.0, along.size)
+    inward[rng.integers(along.size)] = -depth
+    bite = np.asarray([(-half, ROOT), *zip(along, inward, strict=True), (half, ROOT)])
+    wall = bite * (1.0 + rng.uniform(1.0, 2.0) / depth)  # the bite grown by 1-2 px: its torn wall
+    if rng.random() < 0.4:
+        rim = Mark(spot.place(wall), spot, "paint", level=rng.uniform(0.95, 1.1), tint=BARE_STEEL)
+    else:
+        rim = Mark(spot.place(wall), spot, "paint", gain=rng.uniform(0.4, 0.6))
+    return [rim, Mark(spot.place(bite), spot, "cut")]
+
+
+def _flash(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list[np.ndarray]) -> list[Mark]:
+    """Casting flash: a thin fin with a ragged crest along a stretch of straight edge."""
+    seg = np.roll(outline, -1, axis=0) - outline
+    longest_run = float(np.hypot(seg[:, 0], seg[:, 1]).max())
+    half = min(part.length * rng.uniform(*FLASH_SPAN_SHARE_OF_LENGTH) / 2, 0.45 * longest_run)
+    height = max(1.2, part.length * rng.uniform(*FLASH_SHARE_OF_LENGTH))
+    spot = _pick_spot(rng, part, outline, half, taken, end_share=0.3, min_run=2 * half)
+    along = np.linspace(-half, half, max(8, int(half)))
+    taper = np.sin(np.linspace(0.0, math.pi, along.size)) ** 0.3
+    crest = height * taper * (0.75 + 0.25 * np.clip(_smooth_noise(rng, along.size, 3), -1.0, 1.0))
+    spike = rng.integers(along.size // 4, 3 * along.size // 4)
+    crest[spike] *= rng.uniform(1.3, 2.0)  # as tall as a small burr
+    fin = np.asarray([(-half, -ROOT), *zip(along, crest, strict=True), (half, -ROOT)])
+    return [Mark(spot.place(fin), spot, gain=rng.uniform(0.7, 1.05))]
+
+
+def _dust(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list[np.ndarray]) -> list[Mark]:
+    """1-2 specks of dust or lint caught on the edge, poking out of the silhouette."""
+    spread = part.length * 0.012
+    spot = _pick_spot(rng, part, outline, spread, taken, end_share=0.5)
+    light = rng.random() < 0.35
+    marks = []
+    for _ in range(int(rng.integers(1, 3))):
+        size = part.length * rng.uniform(*DUST_SHARE_OF_LENGTH)
+        centre = np.array([rng.uniform(-spread, spread), size * rng.uniform(-0.1, 0.45)])
+        if rng.random() < 0.25:  # a fibre lying across the edge
+            ang = rng.uniform(0.3, math.pi - 0.3)
+            t = np.linspace(-1.5, 1.5, 7)[:, None] * size
+            bend = rng.uniform(-0.15, 0.15) * (t / size) ** 2 * size
+            shape = _ribbon(centre + t * [math.cos(ang), math.sin(ang)] + bend * [-math.sin(ang), math.cos(ang)], 0.8)
+        else:
+            phi = np.linspace(0.0, 2 * math.pi, 9, endpoint=False)
+            rad = size / 2 * rng.uniform(0.6, 1.0, phi.size)
+            shape = centre + np.stack([rad * np.cos(phi), rad * np.sin(phi)], axis=1)
+        level, tint = (rng.uniform(0.7, 0.95), DUST) if light else (rng.uniform(0.12, 0.3), LINT)
+        marks.append(Mark(spot.place(shape), spot, level=level, tint=tint))
+    return marks
+
+
+def _edge_scratch(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list[np.ndarray]) -> list[Mark]:
+    """A scratch run off the edge: a fine line across the body that ends in a hair-thin lip just past it."""
+    spot = _pick_spot(rng, part, outline, 2.0, taken, end_share=0.3)
+    run = min(part.length * rng.uniform(0.04, 0.12), 1.5 * float(np.median(part.prof_r)))
+    ang = rng.uniform(-1.0, 1.0)  # from the outward normal
+    way = np.array([math.sin(ang), math.cos(ang)])
+    line = np.linspace(-run, rng.uniform(*SCRATCH_OVERSHOOT), 6)[:, None] * way
+    shape = _ribbon(line, rng.uniform(0.7, 1.3))
+    if rng.random() < 0.5:
+        return [Mark(spot.place(shape), spot, level=rng.uniform(1.0, 1.15), tint=BARE_STEEL)]
+    return [Mark(spot.place(shape), spot, gain=rng.uniform(0.4, 0.6))]
+
+
+# Each look-alike's maker and its weight among them.
+MarkMaker = Callable[[np.random.Generator, Part, np.ndarray, list[np.ndarray]], list[Mark]]
+DISTRACTORS: dict[str, tuple[MarkMaker, float]] = {
+    "chip": (_chip, 0.35),
+    "flash": (_flash, 0.2),
+    "dust": (_dust, 0.25),
+    "scratch": (_edge_scratch, 0.2),
+}
+
+
+def _distractors(
+    rng: np.random.Generator, part: Part, outline: np.ndarray, burr: bool, taken: list[np.ndarray]
+) -> list[Mark]:
+    """A burr look-alike on the edge of some good parts and (as in real life) of fewer burred ones."""
+    if rng.random() >= DISTRACTED_SHARE[burr]:
+        return []
+    makers, weights = zip(*DISTRACTORS.values(), strict=True)
+    make = makers[int(rng.choice(len(makers), p=np.asarray(weights) / sum(weights)))]
+    return make(rng, part, outline, taken)
 
 
 # ---------------------------------------------------------------- rendering
@@ -472,7 +692,7 @@ def _blemishes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scratches and edge glints (added to intensity) and stains (weight towards a rust colour).
 
-    All of them stay inside the outline (the caller multiplies by coverage)."""
+    All of them stay inside the outline (the caller multiplies by coverage); what sticks out is a Mark."""
     rmax = float(part.prof_r.max())
     layer = Image.new("L", size, 0)
     draw = ImageDraw.Draw(layer)
@@ -487,7 +707,7 @@ def _blemishes(
         gu, side = rng.uniform(0.1, 0.9) * part.length, 1.0 if rng.random() < 0.5 else -1.0
         r = float(np.interp(gu, part.prof_u, part.prof_r))
         sig = rng.uniform(1.5, 3.0)
-        # Near the edge but wholly inside it: only burrs stick out of the silhouette.
+        # Near the edge but wholly inside it: only burrs and their look-alikes stick out of the silhouette.
         gv = side * max(0.5 * r, r - 2.5 * sig - 1.5)
         delta = delta + 0.45 * np.exp(-(((u - gu) / (sig * 4)) ** 2 + ((v - gv) / sig) ** 2) / 2)
     stain = np.zeros_like(u)
@@ -546,8 +766,51 @@ def _jpeg_noise(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return (rng.normal(0.0, 1.3, shape) + blocks).astype(np.float32)[..., None]
 
 
+@dataclass
+class Canvas:
+    """The image's pixel grid: part coordinates rotated by `rot`, then shifted by -origin."""
+
+    rot: np.ndarray
+    origin: np.ndarray
+    size: tuple[int, int]
+
+    def px(self, poly: np.ndarray) -> np.ndarray:
+        """Part coordinates -> canvas px."""
+        return poly @ self.rot - self.origin
+
+    def part_coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v) part coordinates of every pixel centre."""
+        ys, xs = np.mgrid[0 : self.size[1], 0 : self.size[0]].astype(np.float64) + 0.5
+        qx, qy = xs + self.origin[0], ys + self.origin[1]
+        rot = self.rot
+        return qx * rot[0, 0] + qy * rot[0, 1], qx * rot[1, 0] + qy * rot[1, 1]
+
+
+def _paint_marks(
+    rgb: np.ndarray,
+    marks: list[Mark],
+    canvas: Canvas,
+    u: np.ndarray,
+    v: np.ndarray,
+    inten: np.ndarray,
+    tint: np.ndarray,
+) -> np.ndarray:
+    """The marks' own colours over the body's (a cut has none: it is not there)."""
+    for mark in marks:
+        if mark.effect == "cut":
+            continue
+        cov = _raster(canvas.size, [canvas.px(mark.poly)], [])[..., None]
+        outward = (u - mark.spot.base[0]) * mark.spot.normal[0] + (v - mark.spot.base[1]) * mark.spot.normal[1]
+        level = (inten if mark.level is None else mark.level) * mark.gain + mark.rise * np.clip(
+            outward / mark.reach, 0, 1
+        )
+        colour = _to_rgb(level, tint if mark.tint is None else mark.tint)
+        rgb = rgb * (1.0 - cov) + colour * cov
+    return rgb
+
+
 def render(rng: np.random.Generator, burr: bool) -> Image.Image:
-    """One cut-out: a random part, optionally burred, on a transparent canvas that hugs it."""
+    """One cut-out: a random part, optionally burred, maybe with burr look-alikes, on a canvas that hugs it."""
     kind = str(rng.choice(list(KINDS)))
     build, aspect_lo, aspect_hi = KINDS[kind]
     angle = _orientation(rng)
@@ -556,38 +819,30 @@ def render(rng: np.random.Generator, burr: bool) -> Image.Image:
     outline = _outline(part)
     rot = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
     long_side = float(np.ptp(outline @ rot, axis=0).max()) + 2 * 7.0  # with the widest margins
-    burr_h = burr_height(length, long_side, rng)
-    # Placed for both classes so that both consume the same random numbers up to here.
-    burr_poly, burr_base, burr_dir = _place_burr(rng, part, outline, burr_h)
-    shapes = [outline, burr_poly] if burr else [outline]
-    extent = np.concatenate(shapes) @ rot
+    taken: list[np.ndarray] = []
+    # Made for both classes so that both consume the same random numbers up to here.
+    burrs = _burrs(rng, part, outline, burr_height(length, long_side, rng), taken)
+    marks = (burrs if burr else []) + _distractors(rng, part, outline, burr, taken)
+    added = [outline, *(m.poly for m in marks if m.effect == "add")]
+    extent = np.concatenate(added) @ rot
     margin = rng.uniform(2.0, 7.0)
     origin = extent.min(axis=0) - margin
     far = np.ceil(extent.max(axis=0) + margin - origin).astype(int)
-    size = (int(far[0]), int(far[1]))
-
-    def px(poly: np.ndarray) -> np.ndarray:
-        return poly @ rot - origin
+    canvas = Canvas(rot, origin, (int(far[0]), int(far[1])))
 
     holes = [_circle(hu, hv, rad) for hu, hv, rad, through in part.holes if through]
-    cov = _raster(size, [px(s) for s in shapes], [px(p) for p in part.cuts + part.slots + holes])
-    burr_cov = _raster(size, [px(burr_poly)], []) if burr else np.zeros_like(cov)
+    removed = part.cuts + part.slots + holes + [m.poly for m in marks if m.effect == "cut"]
+    cov = _raster(canvas.size, [canvas.px(s) for s in added], [canvas.px(p) for p in removed])
 
-    ys, xs = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float64) + 0.5
-    qx, qy = xs + origin[0], ys + origin[1]
-    u, v = qx * rot[0, 0] + qy * rot[0, 1], qx * rot[1, 0] + qy * rot[1, 1]
+    u, v = canvas.part_coords()
     inten = _shade(rng, part, u, v)
-    delta, stain = _blemishes(rng, part, u, v, rot, origin, size)
+    delta, stain = _blemishes(rng, part, u, v, rot, origin, canvas.size)
     tint = _tint(rng)
     rgb = _to_rgb(inten + delta, tint)
     rgb = rgb * (1.0 - stain[..., None]) + stain[..., None] * np.array([120.0, 84.0, 52.0]) * tint.mean()
-    if burr:
-        # A fresh burr is bright bare metal, brightest towards its tip.
-        along = np.clip(((u - burr_base[0]) * burr_dir[0] + (v - burr_base[1]) * burr_dir[1]) / burr_h, 0, 1)
-        bright = _to_rgb(rng.uniform(1.05, 1.15) + 0.12 * along, BARE_STEEL)
-        rgb = rgb * (1.0 - burr_cov[..., None]) + bright * burr_cov[..., None]
-    rgb = rgb + _jpeg_noise(rng, (size[1], size[0]))
-    bg = _background(rng, size, cov)
+    rgb = _paint_marks(rgb, marks, canvas, u, v, inten, tint)
+    rgb = rgb + _jpeg_noise(rng, (canvas.size[1], canvas.size[0]))
+    bg = _background(rng, canvas.size, cov)
     alpha = cov
     if rng.random() < 0.3:  # some editors feather the selection edge
         feathered = Image.fromarray(np.rint(cov * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
