@@ -169,7 +169,7 @@ def _end_styles(rng: np.random.Generator, r: float, p_round: float) -> tuple[tup
 
 
 def _finish(
-    rng: np.random.Generator, kind: str, length: float, sections: list[Section], flat: bool, p_round: float
+    rng: np.random.Generator, kind: str, length: float, sections: list[Section], *, flat: bool, p_round: float
 ) -> Part:
     """Build the profile and record steps/grooves so they can be shaded."""
     ends, sizes = _end_styles(rng, min(sections[0][2], sections[-1][2]), p_round)
@@ -215,7 +215,7 @@ def _shaft(rng: np.random.Generator, length: float, rmax: float) -> Part:
         u0, u1, r, _ = sections[i]
         if u1 - u0 > 0.2 * length:
             sections[i] = (u0, u1, r, "thread")
-    part = _finish(rng, "shaft", length, _maybe_grooves(rng, sections, length, rmax), False, 0.1)
+    part = _finish(rng, "shaft", length, _maybe_grooves(rng, sections, length, rmax), flat=False, p_round=0.1)
     if rng.random() < 0.3:
         u = length * rng.uniform(0.2, 0.8)
         r = float(np.interp(u, part.prof_u, part.prof_r))
@@ -234,7 +234,7 @@ def _pin(rng: np.random.Generator, length: float, rmax: float) -> Part:
         width, depth = rmax * 0.2, rmax * rng.uniform(0.08, 0.15)
         for u in (0.1 * length, 0.9 * length):
             sections = _add_groove(sections, u, width, depth)
-    part = _finish(rng, "pin", length, sections, False, 0.5)
+    part = _finish(rng, "pin", length, sections, flat=False, p_round=0.5)
     if rng.random() < 0.5:
         u = length * (0.12 if rng.random() < 0.5 else 0.88)
         r = float(np.interp(u, part.prof_u, part.prof_r))
@@ -252,14 +252,14 @@ def _bolt(rng: np.random.Generator, length: float, rmax: float) -> Part:
         (head, t0, shank, "plain"),
         (t0, length, shank, "thread"),
     ]
-    part = _finish(rng, "bolt", length, sections, False, 0.0)
+    part = _finish(rng, "bolt", length, sections, flat=False, p_round=0.0)
     part.head = head
     return part
 
 
 def _bar(rng: np.random.Generator, length: float, rmax: float) -> Part:
     """Flat bar: drilled holes (through or blind), an edge notch, a slot."""
-    part = _finish(rng, "bar", length, [(0.0, length, rmax, "plain")], True, 0.3)
+    part = _finish(rng, "bar", length, [(0.0, length, rmax, "plain")], flat=True, p_round=0.3)
     for u in np.sort(rng.uniform(0.15, 0.85, int(rng.integers(0, 4)))) * length:
         if all(abs(u - h[0]) > rmax for h in part.holes):
             part.holes.append((float(u), 0.0, rmax * rng.uniform(0.2, 0.45), bool(rng.random() < 0.65)))
@@ -289,7 +289,9 @@ def _bracket(rng: np.random.Generator, length: float, rmax: float) -> Part:
     """Flat bracket: a wide ear with a hole at one end, a narrower arm, a hole at the other end."""
     ear = max(length * rng.uniform(0.2, 0.35), 2.2 * rmax)  # long enough that its hole stays inside
     arm = rmax * rng.uniform(0.6, 0.8)
-    part = _finish(rng, "bracket", length, [(0.0, ear, rmax, "plain"), (ear, length, arm, "plain")], True, 0.6)
+    part = _finish(
+        rng, "bracket", length, [(0.0, ear, rmax, "plain"), (ear, length, arm, "plain")], flat=True, p_round=0.6
+    )
     part.holes.append((1.1 * rmax, 0.0, rmax * rng.uniform(0.3, 0.5), True))
     part.holes.append((length - arm, 0.0, arm * rng.uniform(0.3, 0.5), bool(rng.random() < 0.7)))
     return part
@@ -445,7 +447,7 @@ def _burr_shape(rng: np.random.Generator, h: float) -> np.ndarray:
 
 
 def _edge_spot(
-    rng: np.random.Generator, part: Part, outline: np.ndarray, half: float, end_share: float, min_run: float
+    rng: np.random.Generator, part: Part, outline: np.ndarray, half: float, *, end_share: float, min_run: float
 ) -> EdgeSpot:
     """A random spot on the outline for a mark 2 * half px wide: at an end (faces, corners) with probability
     end_share, else on a side edge; outside keep-out ranges and on a straight run of at least min_run px
@@ -480,15 +482,15 @@ def _pick_spot(
     part: Part,
     outline: np.ndarray,
     half: float,
-    taken: list[np.ndarray],
     *,
+    taken: list[np.ndarray],
     end_share: float = 0.7,
     min_run: float = 0.0,
 ) -> EdgeSpot:
     """_edge_spot, tried again (up to 8 times) while it lands within MARK_SPACING of the part's length of a
     spot already taken; the spot is added to `taken`."""
     for _ in range(8):
-        spot = _edge_spot(rng, part, outline, half, end_share, min_run)
+        spot = _edge_spot(rng, part, outline, half, end_share=end_share, min_run=min_run)
         if all(np.hypot(*(spot.base - other)) >= MARK_SPACING * part.length for other in taken):
             break
     taken.append(spot.base)
@@ -502,7 +504,9 @@ def _ribbon(points: np.ndarray, width: float) -> np.ndarray:
     return np.concatenate([points + side, (points - side)[::-1]])
 
 
-def _burrs(rng: np.random.Generator, part: Part, outline: np.ndarray, h: float, taken: list[np.ndarray]) -> list[Mark]:
+def _burrs(
+    rng: np.random.Generator, part: Part, outline: np.ndarray, h: float, *, taken: list[np.ndarray]
+) -> list[Mark]:
     """1-3 burrs h px tall (one tool, one height), each of its own shape: mostly bright bare metal, on some parts
     (SUBTLE_BURR_SHARE) dull and in the part's own tint, often darker than the part."""
     count = int(rng.choice(len(BURR_COUNT_SHARES), p=BURR_COUNT_SHARES)) + 1
@@ -512,7 +516,7 @@ def _burrs(rng: np.random.Generator, part: Part, outline: np.ndarray, h: float, 
         local = _burr_shape(rng, h)
         width = float(np.ptp(local[:, 0]))
         # A wide burr (a rolled edge) lies along one straight edge.
-        spot = _pick_spot(rng, part, outline, width / 2, taken, min_run=width if width > 2.5 * h else 0.0)
+        spot = _pick_spot(rng, part, outline, width / 2, taken=taken, min_run=width if width > 2.5 * h else 0.0)
         level, rise, tint = (
             (rng.uniform(0.45, 0.7), 0.08, None) if subtle else (rng.uniform(1.0, 1.15), 0.12, BARE_STEEL)
         )
@@ -524,7 +528,7 @@ def _chip(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list
     """A chip: a jagged bite out of the edge, as deep as a burr is tall, with a torn bright or shadowed wall."""
     depth = part.length * rng.uniform(*CHIP_SHARE_OF_LENGTH)
     half = depth * rng.uniform(0.6, 1.3)
-    spot = _pick_spot(rng, part, outline, half, taken)
+    spot = _pick_spot(rng, part, outline, half, taken=taken)
     along = np.sort(rng.uniform(-0.8, 0.8, int(rng.integers(2, 5)))) * half
     inward = -depth * rng.uniform(0.5, 1.0, along.size)
     inward[rng.integers(along.size)] = -depth
@@ -543,7 +547,7 @@ def _flash(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: lis
     longest_run = float(np.hypot(seg[:, 0], seg[:, 1]).max())
     half = min(part.length * rng.uniform(*FLASH_SPAN_SHARE_OF_LENGTH) / 2, 0.45 * longest_run)
     height = max(1.2, part.length * rng.uniform(*FLASH_SHARE_OF_LENGTH))
-    spot = _pick_spot(rng, part, outline, half, taken, end_share=0.3, min_run=2 * half)
+    spot = _pick_spot(rng, part, outline, half, taken=taken, end_share=0.3, min_run=2 * half)
     along = np.linspace(-half, half, max(8, int(half)))
     taper = np.sin(np.linspace(0.0, math.pi, along.size)) ** 0.3
     crest = height * taper * (0.75 + 0.25 * np.clip(_smooth_noise(rng, along.size, 3), -1.0, 1.0))
@@ -556,7 +560,7 @@ def _flash(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: lis
 def _dust(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list[np.ndarray]) -> list[Mark]:
     """1-2 specks of dust or lint caught on the edge, poking out of the silhouette."""
     spread = part.length * 0.012
-    spot = _pick_spot(rng, part, outline, spread, taken, end_share=0.5)
+    spot = _pick_spot(rng, part, outline, spread, taken=taken, end_share=0.5)
     light = rng.random() < 0.35
     marks = []
     for _ in range(int(rng.integers(1, 3))):
@@ -578,7 +582,7 @@ def _dust(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list
 
 def _edge_scratch(rng: np.random.Generator, part: Part, outline: np.ndarray, taken: list[np.ndarray]) -> list[Mark]:
     """A scratch run off the edge: a fine line across the body that ends in a hair-thin lip just past it."""
-    spot = _pick_spot(rng, part, outline, 2.0, taken, end_share=0.3)
+    spot = _pick_spot(rng, part, outline, 2.0, taken=taken, end_share=0.3)
     run = min(part.length * rng.uniform(0.04, 0.12), 1.5 * float(np.median(part.prof_r)))
     ang = rng.uniform(-1.0, 1.0)  # from the outward normal
     way = np.array([math.sin(ang), math.cos(ang)])
@@ -600,7 +604,7 @@ DISTRACTORS: dict[str, tuple[MarkMaker, float]] = {
 
 
 def _distractors(
-    rng: np.random.Generator, part: Part, outline: np.ndarray, burr: bool, taken: list[np.ndarray]
+    rng: np.random.Generator, part: Part, outline: np.ndarray, burr: bool, *, taken: list[np.ndarray]
 ) -> list[Mark]:
     """A burr look-alike on the edge of some good parts and (as in real life) of fewer burred ones."""
     if rng.random() >= DISTRACTED_SHARE[burr]:
@@ -686,6 +690,7 @@ def _blemishes(
     part: Part,
     u: np.ndarray,
     v: np.ndarray,
+    *,
     rot: np.ndarray,
     origin: np.ndarray,
     size: tuple[int, int],
@@ -791,6 +796,7 @@ def _paint_marks(
     marks: list[Mark],
     canvas: Canvas,
     u: np.ndarray,
+    *,
     v: np.ndarray,
     inten: np.ndarray,
     tint: np.ndarray,
@@ -821,8 +827,8 @@ def render(rng: np.random.Generator, burr: bool) -> Image.Image:
     long_side = float(np.ptp(outline @ rot, axis=0).max()) + 2 * 7.0  # with the widest margins
     taken: list[np.ndarray] = []
     # Made for both classes so that both consume the same random numbers up to here.
-    burrs = _burrs(rng, part, outline, burr_height(length, long_side, rng), taken)
-    marks = (burrs if burr else []) + _distractors(rng, part, outline, burr, taken)
+    burrs = _burrs(rng, part, outline, burr_height(length, long_side, rng), taken=taken)
+    marks = (burrs if burr else []) + _distractors(rng, part, outline, burr, taken=taken)
     added = [outline, *(m.poly for m in marks if m.effect == "add")]
     extent = np.concatenate(added) @ rot
     margin = rng.uniform(2.0, 7.0)
@@ -836,11 +842,11 @@ def render(rng: np.random.Generator, burr: bool) -> Image.Image:
 
     u, v = canvas.part_coords()
     inten = _shade(rng, part, u, v)
-    delta, stain = _blemishes(rng, part, u, v, rot, origin, canvas.size)
+    delta, stain = _blemishes(rng, part, u, v, rot=rot, origin=origin, size=canvas.size)
     tint = _tint(rng)
     rgb = _to_rgb(inten + delta, tint)
     rgb = rgb * (1.0 - stain[..., None]) + stain[..., None] * np.array([120.0, 84.0, 52.0]) * tint.mean()
-    rgb = _paint_marks(rgb, marks, canvas, u, v, inten, tint)
+    rgb = _paint_marks(rgb, marks, canvas, u, v=v, inten=inten, tint=tint)
     rgb = rgb + _jpeg_noise(rng, (canvas.size[1], canvas.size[0]))
     bg = _background(rng, canvas.size, cov)
     alpha = cov
