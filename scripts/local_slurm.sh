@@ -34,11 +34,8 @@ DB_SOCKET=$DB_DIR/mariadb.sock
 RUN_DIR=$STATE/run
 LOG_DIR=$STATE/log
 
-say() { echo "local_slurm: $*"; }
-die() {
-    echo "local_slurm: error: $*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # --- processes ---------------------------------------------------------------------------------------------------
 
@@ -62,16 +59,6 @@ DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd) # start order; stop goes bac
 
 running() { [[ -n $(pid_of "$1") ]]; }
 
-wait_for() { # wait_for SECONDS COMMAND...: retry COMMAND until it succeeds or SECONDS have passed
-    local seconds=$1
-    shift
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.5
-    done
-}
-
 stop_daemon() {
     local name=$1 pid
     pid=$(pid_of "$name")
@@ -79,16 +66,7 @@ stop_daemon() {
         say "$name: not running"
         return 0
     fi
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            say "$name (pid $pid) ignored SIGTERM for 30 s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.2
-    done
+    stop_process "$pid"
     rm -f "${PIDFILE[$name]}"
     say "$name: stopped (pid $pid)"
 }
@@ -105,14 +83,9 @@ install_packages() {
         command -v "$command" >/dev/null 2>&1 || missing+=("$command")
     done
     ((${#missing[@]} == 0)) && return 0
-    say "installing ${PACKAGES[*]} (missing: ${missing[*]})"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # Debian's policy-rc.d in containers stops the packages' own services from starting; this script starts its own.
-    apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    say "missing: ${missing[*]}"
+    apt_install "${PACKAGES[@]}"
 }
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 prepare_munge() {
     install -d -m 0711 -o munge -g munge "$MUNGE_DIR" # clients need to reach the socket
@@ -133,7 +106,7 @@ start_munged() {
 
 start_mariadb() {
     if ! running mariadbd; then
-        port_free "$DB_PORT" || die "127.0.0.1:$DB_PORT (MariaDB for slurmdbd) is taken by another program;" \
+        ! answers "$DB_PORT" || die "127.0.0.1:$DB_PORT (MariaDB for slurmdbd) is taken by another program;" \
             "choose another with BURRSCOPE_SLURM_DB_PORT"
         if [[ ! -d $DB_DIR/mysql ]]; then
             install -d -m 0750 -o mysql -g mysql "$DB_DIR"
@@ -242,7 +215,7 @@ EOF
 
 start_slurmdbd() {
     if ! running slurmdbd; then
-        port_free 6819 || die "port 6819 (slurmdbd) is taken by another program"
+        ! answers 6819 || die "port 6819 (slurmdbd) is taken by another program"
         slurmdbd
     fi
     wait_for 60 sacctmgr --noheader --parsable2 show cluster ||
@@ -264,12 +237,12 @@ node_ready() { [[ $(sinfo --noheader --nodes="$NODE" --format=%t 2>/dev/null) =~
 
 start_slurm() {
     if ! running slurmctld; then
-        port_free 6817 || die "port 6817 (slurmctld) is taken by another program"
+        ! answers 6817 || die "port 6817 (slurmctld) is taken by another program"
         slurmctld
     fi
     wait_for 60 scontrol ping || die "slurmctld did not answer within 60 s; see $LOG_DIR/slurmctld.log"
     if ! running slurmd; then
-        port_free 6818 || die "port 6818 (slurmd) is taken by another program"
+        ! answers 6818 || die "port 6818 (slurmd) is taken by another program"
         slurmd
     fi
     if ! wait_for 60 node_ready; then

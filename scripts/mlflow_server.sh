@@ -29,11 +29,8 @@ PIDFILE=$STATE/mlflow-$PORT.pid
 LOGFILE=$STATE/mlflow-$PORT.log
 PGPASS=$STATE/pgpass
 
-say() { echo "mlflow_server: $*"; }
-die() {
-    echo "mlflow_server: error: $*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, not '$PORT'"
 
@@ -48,10 +45,7 @@ install_packages() {
     if pg_version >/dev/null && command -v pg_createcluster >/dev/null; then
         return 0
     fi
-    say "installing postgresql"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    apt_install postgresql
 }
 
 pg_running() { [[ $(pg_lsclusters --no-header 2>/dev/null | awk -v c="$PG_CLUSTER" '$2 == c {print $4}') == online ]]; }
@@ -146,15 +140,7 @@ stop() {
     if [[ -z $pid ]]; then
         say "no server of this script on port $PORT"
     else
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-        local deadline=$((SECONDS + 30))
-        while kill -0 "$pid" 2>/dev/null || pgrep -g "$pid" >/dev/null; do
-            if ((SECONDS >= deadline)); then
-                kill -KILL -- "-$pid" 2>/dev/null || true
-                break
-            fi
-            sleep 0.2
-        done
+        stop_process "$pid" group
         say "server on port $PORT: stopped (pid $pid)"
     fi
     rm -f "$PIDFILE"

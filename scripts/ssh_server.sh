@@ -14,11 +14,8 @@ set -euo pipefail
 DIR=${2:-}
 PORT=${3:-2222}
 
-say() { echo "ssh_server: $*"; }
-die() {
-    echo "ssh_server: error: $*" >&2
-    exit 1
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 [[ -n $DIR ]] || die "usage: $0 start|status|stop DIR [PORT]"
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, not '$PORT'"
@@ -27,10 +24,7 @@ PIDFILE=$DIR/sshd.pid
 
 install_packages() {
     [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null && return 0
-    say "installing openssh-server"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends openssh-server >/dev/null
+    apt_install openssh-server
 }
 
 pid() { # the running sshd's pid, if its pid file names a live sshd
@@ -41,8 +35,6 @@ pid() { # the running sshd's pid, if its pid file names a live sshd
 }
 
 port_of() { sed -n 's/^Port //p' "$DIR/sshd_config" 2>/dev/null; }
-
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start() {
     [[ $(id -u) -eq 0 ]] || die "run as root: sshd needs it"
@@ -94,12 +86,7 @@ stop() {
         say "not running"
         return 0
     fi
-    kill -TERM "$found"
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$found" 2>/dev/null; do
-        ((SECONDS < deadline)) || die "sshd (pid $found) ignored SIGTERM for 30 s"
-        sleep 0.2
-    done
+    stop_process "$found"
     say "stopped (pid $found)"
 }
 
