@@ -3,7 +3,7 @@
 Copies the repository into a fresh temp git repo (benchmarks/workspace.py copy_repo: nothing cached), runs
 `dvc repro` there and timestamps each "Running stage" line DVC prints. Then splits the total into process
 start and imports, data stages, training and evaluation, logging, report and the rest, from:
-- each train fold's `timing` in results/train/fold_<k>/metrics.json (seconds per phase: startup, data, train,
+- each train fold's `timing` in its run log, logs/train/fold_<k>.json (seconds per phase: startup, data, train,
   eval, logging, checkpoint; any keys present are used, `_s` suffixes or not);
 - for the other stages, the median wall time of `python -m stages.<name> --help` (interpreter and imports).
 What the train folds' timing doesn't cover (DVC hashing and caching their outputs) and DVC's own start
@@ -58,9 +58,9 @@ def startup_seconds(root: Path, module: str) -> float:
 
 
 def fold_timing(root: Path, stage: str) -> dict[str, float]:
-    """Seconds per phase from a training stage's metrics.json `timing` (keys without `_s`); {} when absent."""
+    """Seconds per phase from a training stage's run log `timing` (keys without `_s`); {} when absent."""
     name, _, item = stage.partition("@")
-    path = root / "results/train" / TRAIN_STAGES[name].format(item=item) / "metrics.json"
+    path = root / "logs/train" / f"{TRAIN_STAGES[name].format(item=item)}.json"
     timing = json.loads(path.read_text()).get("timing") if path.exists() else None
     return {key.removesuffix("_s"): float(value) for key, value in (timing or {}).items() if value is not None}
 
@@ -74,7 +74,7 @@ def split_total(root: Path, stages: list[tuple[str, float]], total: float) -> di
         if module in TRAIN_STAGES:
             timing = fold_timing(root, stage)
             if not timing:
-                parts[f"{module} (no `timing` in metrics.json: start-up and logging included)"] += seconds
+                parts[f"{module} (no `timing` in its run log: start-up and logging included)"] += seconds
                 continue
             shares = [(PHASE_PARTS.get(phase, f"train: {phase}"), part_s) for phase, part_s in timing.items()]
         else:

@@ -6,7 +6,8 @@ needed) each stage command exactly as dvc.yaml writes it, timed from outside:
   2. train@0..k one after another, as `dvc repro` runs them;
   3. the same folds all at once on the one GPU, as `snakemake --cores N --resources gpu=K` with K >= folds would;
   4. aggregate, for the cross-validated metrics;
-then each fold's own `timing` (from its metrics.json) and benchmarks/train_loop.py at the given batch sizes.
+then each fold's own `timing` (from its run log, logs/train/fold_<k>.json) and benchmarks/train_loop.py at the
+given batch sizes.
 Prints Markdown tables and writes every figure to OUT/gpu_check.json. The data: --data DIR (images/ and
 labels.csv with `filename` or `file` and `label` columns), else the demo's photos repeated up to --count.
 
@@ -101,7 +102,7 @@ def run_together(root: Path, commands: list[str], env: dict[str, str]) -> float:
 
 
 def fold_timing(root: Path, folds: int) -> list[dict[str, float]]:
-    return [json.loads((root / f"results/train/fold_{k}/metrics.json").read_text())["timing"] for k in range(folds)]
+    return [json.loads((root / f"logs/train/fold_{k}.json").read_text())["timing"] for k in range(folds)]
 
 
 def device_name() -> str:

@@ -138,14 +138,15 @@ def test_the_final_model_is_what_export_and_predict_use(experimented: tuple[Path
     assert "the final model" in printed and all(path.name in printed for path in raw)
 
 
-def test_the_readme_exp_show_recipe_fits_the_headline_and_the_changed_params_in_120_columns(
+def test_the_exp_show_recipe_fits_the_headline_and_the_changed_params_in_120_columns(
     experimented: tuple[Path, str],
 ) -> None:
-    """README's recipe, after the experiment above: rich squeezes a plain `dvc exp show` to `…` at this width."""
+    """docs/tracking.md's recipe, after the experiment above: rich squeezes a plain `dvc exp show` to `…` at this
+    width."""
     project, _ = experimented
-    readme = (REPO / "README.md").read_text()
-    recipe = re.search(r"^dvc exp show --only-changed(?:[^\n]*\\\n)*[^\n]*", readme, flags=re.M)
-    assert recipe, "README lost its `dvc exp show --only-changed ...` recipe"
+    page = (REPO / "docs" / "tracking.md").read_text()
+    recipe = re.search(r"^dvc exp show --only-changed(?:[^\n]*\\\n)*[^\n]*", page, flags=re.M)
+    assert recipe, "docs/tracking.md lost its `dvc exp show --only-changed ...` recipe"
     command = [*shlex.split(recipe.group(0).replace("\\\n", " ")), "--no-pager"]  # as a terminal without a pager
     table = output(command, project, {**user_env(project), "COLUMNS": "120"}).splitlines()
     assert table[1].split() == ["Experiment", *HEADLINE_METRICS, "lr", "predict.final"]

@@ -4,7 +4,9 @@
     python -m burrscope.pipeline.generated --check   # exit 1, naming them, if any differs from what it would write
 
 - dvc.yaml: from the stages (graph.py) and the code each runs (codegraph.py);
-- workflow/envs/burrscope.yaml: the rules' conda environment, from pyproject.toml's dependencies.
+- workflow/envs/burrscope.yaml: the rules' conda environment, from pyproject.toml's dependencies;
+- docs/params.md: every param, from the schema's descriptions and params.yaml's values;
+- the package diagram in docs/architecture.md, from the imports.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from burrscope.files import write_text_atomic
-from burrscope.pipeline import condaenv, dvcfile
+from burrscope.pipeline import archdoc, condaenv, dvcfile, paramsdoc
 from burrscope.pipeline.codegraph import PROJECT_ROOT
 
 GENERATED: dict[str, Callable[[Path], str]] = {
     "dvc.yaml": dvcfile.render,
     "workflow/envs/burrscope.yaml": condaenv.render,
+    "docs/params.md": paramsdoc.render,
+    archdoc.PAGE: archdoc.render,
 }
 COMMAND = "python -m burrscope.pipeline.generated"
 
