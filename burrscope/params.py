@@ -138,6 +138,11 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class CurveConfig:
+    fractions: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     experiment: str
     registered_model: str
@@ -156,6 +161,7 @@ class Params:
     checkpoint_every_s: float
     explain_correct: int
     predict: PredictConfig
+    curve: CurveConfig
     mlflow: TrackingConfig
     raw: Mapping[str, Any]
 
@@ -174,9 +180,19 @@ class Params:
             checkpoint_every_s=params["train"]["checkpoint_every_s"],
             explain_correct=params["train"]["explain_correct"],
             predict=PredictConfig(tuple(params["predict"]["final"]), params["predict"]["threshold"]),
+            curve=CurveConfig(tuple(params["curve"]["fractions"])),
             mlflow=TrackingConfig(**params["mlflow"]),
             raw=params,
         )
+
+
+def key_description(schema: Mapping[str, Any], path: list[str | int]) -> str:
+    """The schema's description of the key at `path` (a list entry's, its list's), as " (what the key is)"."""
+    node, description = schema, ""
+    for step in path:
+        node = node.get("items", {}) if isinstance(step, int) else node.get("properties", {}).get(step, {})
+        description = node.get("description", description)
+    return f" ({description})" if description else ""
 
 
 def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
@@ -186,7 +202,10 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> dict
     schema = json.loads(SCHEMA_PATH.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(params), key=lambda e: list(e.path))
     if errors:
-        lines = [f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
+        lines = [
+            f"  {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}{key_description(schema, list(e.path))}"
+            for e in errors
+        ]
         raise ParamsError(
             f"{source} is invalid:\n" + "\n".join(lines) + f"\nSee burrscope/{SCHEMA_PATH.name} for the allowed values."
         )

@@ -26,6 +26,10 @@ SUMMARY, HEADLINE = "metrics.json", "headline.json"
 CONFUSION, ROC, THRESHOLDS, CALIBRATION, POOLED_HISTORY = (
     "confusion.csv", "roc.csv", "thresholds.csv", "calibration.csv", "history.csv"
 )  # fmt: skip
+# The learning curve's files: a point's folder (results/curve/fractions/<fraction>/) holds the pooled predictions and
+# the training photos per fold; the curve stage writes the table and what it says.
+CURVE_SIZES, CURVE, VERDICT = "sizes.json", "curve.csv", "verdict.json"
+CURVE_COLUMNS = ["fraction", "train_images", "balanced_accuracy", "low", "high"]
 # The export stage's files.
 TORCHSCRIPT, ONNX, EXPORT_SUMMARY = "model.ts", "model.onnx", "export.json"
 

@@ -9,6 +9,7 @@ Arguments:
   TRAIN: folder holding fold_<k>/history.csv and metrics.json
   EXPLAIN: folder holding fold_<k>/heatmaps.csv and the overlays
   AGGREGATE: the aggregate stage's output folder
+  CURVE: the curve stage's output folder (curve.csv, verdict.json)
   REPORT: where the report goes
 """
 
@@ -24,10 +25,10 @@ from burrscope.tables import PREDICTIONS
 
 
 def main() -> None:
-    args = path_arguments(__doc__, "manifest", "images", "train", "explain", "aggregate", "report")
+    args = path_arguments(__doc__, "manifest", "images", "train", "explain", "aggregate", "curve", "report")
     with user_errors():
         params = load_params()
-        inputs = ReportInputs(args.manifest, args.images, args.train, args.explain, args.aggregate)
+        inputs = ReportInputs(args.manifest, args.images, args.train, args.explain, args.aggregate, args.curve)
         page = build_report(inputs, params.raw)
         write_text_atomic(args.report, page)
     print(f"report: {args.report} ({len(page.encode()) / 1e6:.1f} MB)")

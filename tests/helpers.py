@@ -27,6 +27,7 @@ import yaml
 from burrscope.evaluation.pooled import load_predictions
 from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
 from burrscope.params import Params
+from burrscope.pipeline.graph import FRACTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -112,7 +113,11 @@ def project_files() -> list[str]:
     """The repository's tracked and new files that a fresh project starts from: no data, results, tests or lock."""
     listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO).stdout.split("\0")
     generated = ("data/", "tests/", "results/", "reports/", ".dvc/")
-    return [name for name in listed if name and not name.startswith(generated) and name != "dvc.lock"]
+    return [
+        name
+        for name in listed
+        if name == KEPT_FOLDER or (name and not name.startswith(generated) and name != "dvc.lock")
+    ]
 
 
 def copy_into(root: Path, name: str) -> None:
@@ -220,24 +225,28 @@ MULTICLASS = pd.DataFrame(
 )
 
 
+# The folder the curve stage depends on: git keeps it, by its .gitignore, even without curve points.
+KEPT_FOLDER = f"{FRACTIONS}/.gitignore"
 # What the pipeline's definition consists of: the graph of each tool, the params, and the code the stages run.
-DEFINITION = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope"]
+DEFINITION = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope", KEPT_FOLDER]
 
 
-def copy_definition(root: Path, *, final: bool = False) -> None:
-    """The pipeline definition copied into root, with an empty raw folder, so neither tool touches the repo; `final`
-    switches the optional final model on (predict.final: [all])."""
+def copy_definition(root: Path, *, optional: bool = False) -> None:
+    """The pipeline definition copied into root, with an empty raw folder, so neither tool touches the repo;
+    `optional` switches the optional stages on: the final model (predict.final: [all]) and two learning-curve
+    points (curve.fractions: [0.25, 0.5])."""
     for name in DEFINITION:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(source, root / name)
+            copy_into(root, name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (root / params["data"]["raw_dir"]).mkdir(parents=True)
     (root / params["data"]["labels"]).write_text("file,label\n")
-    if final:
+    if optional:
         params["predict"]["final"] = ["all"]
+        params["curve"]["fractions"] = [0.25, 0.5]
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

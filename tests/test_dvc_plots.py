@@ -16,7 +16,7 @@ from dvc_render.vega_templates import TEMPLATES
 from helpers import REPO, TOY, fake_training, run_aggregate
 
 from burrscope.evaluation.pooled import load_histories
-from burrscope.tables import POOLED_HISTORY_COLUMNS
+from burrscope.tables import CURVE, CURVE_COLUMNS, POOLED_HISTORY_COLUMNS
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PLOTS_DIR = REPO / ".dvc" / "plots"
@@ -28,6 +28,7 @@ INTENDED = {
     "results/aggregate/thresholds.csv": ("precision_recall", "threshold", ["precision", "recall"]),
     "results/aggregate/calibration.csv": ("reliability", "mean_predicted", "fraction_positive"),
     "results/aggregate/history.csv": ("per_fold", "epoch", "val_loss"),
+    "results/curve/curve.csv": ("learning_curve", "train_images", "balanced_accuracy"),
 }
 
 
@@ -46,12 +47,14 @@ def test_every_plot_has_its_intended_template_axes_and_a_title() -> None:
     assert all(len(props["title"]) > 20 for props in plots.values())  # a sentence, not the default file path
 
 
-def test_every_plot_axis_is_a_column_of_the_table_the_aggregate_writes(tmp_path: Path) -> None:
+def test_every_plot_axis_is_a_column_of_the_table_its_stage_writes(tmp_path: Path) -> None:
     run_aggregate(tmp_path, TOY)
     _, train_dir = fake_training(tmp_path / "train", TOY)
     load_histories(train_dir, 2).to_csv(tmp_path / "out" / "history.csv", index=False)  # as the stage does
     for plot_id, (_, x, y) in INTENDED.items():
-        columns = set(pd.read_csv(tmp_path / "out" / Path(plot_id).name).columns)
+        columns = (
+            set(CURVE_COLUMNS) if plot_id.endswith(CURVE) else set(pd.read_csv(tmp_path / "out" / Path(plot_id).name))
+        )
         assert {x, *([y] if isinstance(y, str) else y)} <= columns, plot_id
 
 
@@ -83,6 +86,13 @@ def test_the_confusion_matrix_shows_its_counts_without_a_click() -> None:
     assert cells["mark"]["type"] == "rect" and counts["mark"]["type"] == "text"
     assert counts["encoding"]["text"]["field"] == "images" and "condition" not in counts["encoding"]["text"]
     assert "params" not in template("confusion_counts")  # no "showValues" box to tick
+
+
+def test_the_learning_curve_draws_each_points_interval() -> None:
+    interval, points = layers(template("learning_curve"))
+    assert interval["mark"]["type"] == "rule" and interval["encoding"]["y"]["field"] == "low"
+    assert interval["encoding"]["y2"]["field"] == "high" and {"low", "high"} <= set(CURVE_COLUMNS)
+    assert points["mark"]["point"]["filled"] is True  # a curve of one point (no curve.fractions) still shows it
 
 
 def test_roc_and_calibration_sit_beside_their_diagonal_on_axes_with_a_margin() -> None:

@@ -24,26 +24,28 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def final_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same, with the optional final model switched on (predict.final: [all])."""
-    root = tmp_path_factory.mktemp("graphs_final")
-    copy_definition(root, final=True)
+def optional_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, with the optional stages switched on: the final model and two learning-curve points."""
+    root = tmp_path_factory.mktemp("graphs_optional")
+    copy_definition(root, optional=True)
     return root
 
 
 @pytest.fixture(scope="module")
-def nodes(final_workdir: Path) -> dict[str, Node]:
-    return dvc_nodes(final_workdir)
+def nodes(optional_workdir: Path) -> dict[str, Node]:
+    return dvc_nodes(optional_workdir)
 
 
-@pytest.mark.parametrize("root", ["workdir", "final_workdir"])
+@pytest.mark.parametrize("root", ["workdir", "optional_workdir"])
 def test_dvc_and_snakemake_describe_the_same_graph(root: str, request: pytest.FixtureRequest) -> None:
     folder = request.getfixturevalue(root)
     dvc, snakemake = dvc_nodes(folder), snakemake_nodes(folder)
     assert sorted(dvc) == sorted(snakemake)
     for name in dvc:
         assert dvc[name] == snakemake[name], name
-    assert ("final" in dvc) == (root == "final_workdir")  # the final model only when predict.final asks for it
+    # The final model and the curve's points only when params.yaml asks for them.
+    optional = {"final", "curve_point@0.25", "curve_point@0.5"}
+    assert optional <= set(dvc) if root == "optional_workdir" else not optional & set(dvc)
 
 
 def test_the_final_model_feeds_export_but_not_cross_validation(nodes: dict[str, Node]) -> None:
@@ -123,23 +125,30 @@ def rerun_by_file(nodes: dict[str, Node], path: str) -> set[str]:
 
 def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
     nodes = dvc_nodes(workdir)
-    assert rerun_by_param(nodes, "lr") == {"train", "explain", "aggregate", "report", "export"}
-    assert rerun_by_param(nodes, "resize.img_size") == {"resize", "train", "explain", "aggregate", "report", "export"}
+    downstream = {"aggregate", "curve", "report", "export"}  # of the folds' predictions
+    assert rerun_by_param(nodes, "lr") == {"train", "explain", *downstream}
+    assert rerun_by_param(nodes, "resize.img_size") == {"resize", "train", "explain", *downstream}
     assert rerun_by_param(nodes, "composite.background") == {
         "composite",
         "resize",
         "train",
         "explain",
-        "aggregate",
-        "report",
-        "export",
+        *downstream,
     }
-    assert rerun_by_param(nodes, "split.folds") == {"split", "train", "explain", "aggregate", "report", "export"}
+    assert rerun_by_param(nodes, "split.folds") == {"split", "train", "explain", *downstream}
     # Using the model differently retrains nothing.
-    assert rerun_by_param(nodes, "predict.threshold") == {"aggregate", "report", "export"}
+    assert rerun_by_param(nodes, "predict.threshold") == downstream
     assert rerun_by_param(nodes, "mlflow.registered_model") == {"report", "export"}
     # Where runs are logged is no part of a model: renaming the experiment retrains nothing (the report prints it).
     assert rerun_by_param(nodes, "mlflow.experiment") == {"report"}
+
+
+def test_curve_points_train_only_for_the_curve(optional_workdir: Path) -> None:
+    """A learning-curve point reruns with the recipe, and adding one retrains no fold: only the curve and report."""
+    nodes = dvc_nodes(optional_workdir)
+    assert "curve_point" in rerun_by_param(nodes, "lr")
+    assert rerun_by_file(nodes, "burrscope/training/curve.py") == {"curve_point", "curve", "report"}
+    assert rerun_by_param(nodes, "curve.fractions") == {"curve", "report"}
 
 
 def test_heatmap_changes_rerun_explain_and_report_and_nothing_upstream(workdir: Path) -> None:

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 PER_CLASS = 6
 FOLD_STAGES = {"train@0", "train@1", "explain@0", "explain@1"}
-AFTER_TRAINING = {"aggregate", "report", "export"}
+AFTER_TRAINING = {"aggregate", "curve", "report", "export"}
 STAGES = {"normalise", "composite", "resize", "split", *FOLD_STAGES, *AFTER_TRAINING}
 DATA_OUTPUTS = ["data/interim/manifest.csv", "data/processed/folds.csv"]
 
@@ -151,6 +151,23 @@ def test_the_exp_show_recipe_fits_the_headline_and_the_changed_params_in_120_col
     table = output(command, project, {**user_env(project), "COLUMNS": "120"}).splitlines()
     assert table[1].split() == ["Experiment", *HEADLINE_METRICS, "lr", "predict.final"]
     assert not [line for line in table if "…" in line or len(line) > 120]
+
+
+def test_the_learning_curve_is_one_experiment_away_and_retrains_no_fold(pipeline_run: Path, tmp_path: Path) -> None:
+    """The README's command for the curve, as written: one stage per point, then the curve, its plot and the
+    report's section; no fold, aggregate or export reruns."""
+    project = copy_project(pipeline_run, tmp_path / "project")
+    env = user_env(project)
+    printed = output(["dvc", "exp", "run", "-S", "curve.fractions=[0.5]"], project, env)
+    assert stages_run(printed) == {"curve_point@0.5", "curve", "report"}
+    curve = pd.read_csv(project / "results/curve/curve.csv")
+    assert curve["fraction"].tolist() == [0.5, 1.0] and curve["train_images"].tolist() == [4.0, 6.0]  # 2 of 3 per class
+    verdict = json.loads((project / "results/curve/verdict.json").read_text())
+    assert verdict["sentence"].startswith("From 4 to 6 training photos per fold, balanced accuracy")
+    html = (project / "reports/report.html").read_text()
+    assert "Would more photos help?" in html and verdict["sentence"] in html and 'alt="learning curve"' in html
+    plots = output(["dvc", "plots", "show", "--json"], project, env)
+    assert "results/curve/curve.csv" in plots and "failed to load" not in plots
 
 
 def test_a_queued_experiment_logs_to_the_workspace_store(pipeline_run: Path, tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def test_raw_files_reproduce_each_folds_out_of_fold_probabilities(trained: tuple
         for column in ("prob_0", "prob_1"):
             np.testing.assert_allclose(got[column], expected[column], atol=1e-5)
         assert list(got["predicted"]) == list(expected["predicted"])
-        assert (got["agreement"] == 1).all()  # one model always agrees with itself
+        assert (got["agreement"] == 1).all() and (got["spread"] == 0).all()  # one model agrees with itself
 
 
 def test_ensemble_averages_probabilities_and_reports_agreement(trained: tuple[Path, Path, pd.DataFrame]) -> None:
@@ -109,7 +109,7 @@ def test_ensemble_averages_probabilities_and_reports_agreement(trained: tuple[Pa
     images = collect_images([raw])
     both = predict(load_ensemble(paths), images)
     singles = [predict(load_ensemble([p]), images) for p in paths]
-    assert list(both.columns) == ["file", "predicted", "prob_0", "prob_1", "agreement"]
+    assert list(both.columns) == ["file", "predicted", "prob_0", "prob_1", "agreement", "spread"]
     np.testing.assert_allclose(both[["prob_0", "prob_1"]].sum(axis=1), 1, atol=1e-6)
     mean = (singles[0][["prob_0", "prob_1"]] + singles[1][["prob_0", "prob_1"]]) / 2
     np.testing.assert_allclose(both[["prob_0", "prob_1"]], mean, atol=1e-6)
@@ -147,7 +147,7 @@ def test_cli_on_a_folder_writes_the_csv(trained: tuple[Path, Path, pd.DataFrame]
     done = run_cli(raw, "--models", models, "--out", out, "--device", "cpu")
     assert done.returncode == 0, done.stderr
     written = pd.read_csv(out, dtype={"predicted": str})
-    assert list(written.columns) == ["file", "predicted", "prob_0", "prob_1", "agreement"]
+    assert list(written.columns) == ["file", "predicted", "prob_0", "prob_1", "agreement", "spread"]
     assert list(written["file"]) == [str(raw / name) for name in sorted(table["raw"])]
     assert "8/8 images" in done.stderr and "part_0.png" in done.stdout
 

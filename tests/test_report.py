@@ -13,6 +13,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+import markupsafe
 import pandas as pd
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from helpers import MULTICLASS, REPO, TOY, fake_training
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from burrscope.evaluation.curve import Point, write_curve
 from burrscope.evaluation.pooled import load_predictions
 from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
 from burrscope.params import load_params
@@ -99,7 +101,9 @@ def fake_inputs(root: Path, predictions: pd.DataFrame) -> Inputs:
     write_aggregate_outputs(aggregate_dir, *aggregate(pooled, classes, folds, threshold=0.5))
     explain_dir = root / "results" / "explain"
     fake_heatmaps(explain_dir, predictions)
-    return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir)
+    curve_dir = root / "results" / "curve"  # the curve stage's outputs without curve.fractions: the full run only
+    write_curve(curve_dir, [Point(1.0, len(pooled) / 2, pooled)], classes, threshold=0.5, seed=0)
+    return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir, curve_dir)
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +123,19 @@ def binary(tmp_path: Path) -> Inputs:
 
 def report(tmp_path: Path, inputs: Inputs) -> str:
     return build_report(inputs, load_params(tmp_path / "params.yaml").raw)
+
+
+def test_the_learning_curve_section_says_how_to_switch_it_on_or_what_it_found(tmp_path: Path, binary: Inputs) -> None:
+    page = report(tmp_path, binary)
+    switch_on = "<code>dvc exp run -S &#39;curve.fractions=[0.25,0.5,0.75]&#39;</code>"  # a command, shown as code
+    assert "Would more photos help?" in page and switch_on in page and 'alt="learning curve"' not in page
+    full = pd.read_csv(binary.aggregate_dir / "predictions.csv", dtype={"label": str, "predicted": str})
+    half = full.assign(prob_1=0.9, prob_0=0.1)  # every image called a burr: balanced accuracy 0.5
+    write_curve(binary.curve_dir, [Point(0.5, 2, half), Point(1.0, 4, full)], ["0", "1"], threshold=0.5, seed=0)
+    page = report(tmp_path, binary)
+    sentence = json.loads((binary.curve_dir / "verdict.json").read_text())["sentence"]
+    assert sentence.startswith("From 2 to 4 training photos per fold") and str(markupsafe.escape(sentence)) in page
+    assert 'alt="learning curve"' in page
 
 
 def test_report_shows_fold_table_figures_and_every_mistake(tmp_path: Path, binary: Inputs) -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import REPO, copy_definition, run, user_env
 
-FOLD_RULES = {"train", "final"}
+TRAINING_RULES = {"train", "final", "curve_point"}  # the jobs that train
 # What profiles/slurm-local may replace: the per-job requests, and how soon the plugin first polls.
 LOCAL_KEYS = {"set-threads", "set-resources", "slurm-init-seconds-before-status-checks"}
 
@@ -31,7 +31,7 @@ def workflow_rules() -> set[str]:
 
 def test_both_slurm_profiles_size_every_rule_of_the_workflow() -> None:
     rules = workflow_rules()
-    assert FOLD_RULES.issubset(rules)
+    assert TRAINING_RULES.issubset(rules)
     for name in ("slurm", "slurm-local"):
         config = profile(name)
         assert set(config["set-threads"]) == rules, name
@@ -40,11 +40,11 @@ def test_both_slurm_profiles_size_every_rule_of_the_workflow() -> None:
             assert resources["mem_mb"] > 0 and resources["runtime"] > 0, (name, rule)
 
 
-def test_only_the_fold_jobs_ask_slurm_for_a_gpu() -> None:
+def test_only_the_training_jobs_ask_slurm_for_a_gpu() -> None:
     config = profile("slurm")
     assert config["executor"] == "slurm"
     for rule, resources in config["set-resources"].items():
-        if rule in FOLD_RULES:
+        if rule in TRAINING_RULES:
             # gres, not Snakemake's `gpu` count, which profiles/default caps at 1 for a local GPU.
             assert resources["gres"] == "gpu:1" and resources["gpu"] == 0, rule
         else:
@@ -64,9 +64,10 @@ def test_the_local_cluster_profile_drops_the_gpu_and_fits_one_cpu() -> None:
 
 @pytest.fixture(scope="module")
 def definition(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pipeline definition in a temp folder with an empty raw folder and every optional job (the final model)."""
+    """The pipeline definition in a temp folder with an empty raw folder and every optional job (the
+    final model, the learning curve)."""
     root = tmp_path_factory.mktemp("slurm_graph")
-    copy_definition(root, final=True)
+    copy_definition(root, optional=True)
     return root
 
 
@@ -78,3 +79,4 @@ def test_the_slurm_profile_runs_the_same_graph_as_a_local_run(definition: Path) 
     local_cluster = run(["snakemake", "--dag", "--forceall", *layered], definition, env).stdout
     assert "digraph" in local and slurm == local and local_cluster == local
     assert 'label = "final"' in local and local.count('label = "train') == 5
+    assert local.count('label = "curve_point') == 2

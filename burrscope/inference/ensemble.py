@@ -47,6 +47,11 @@ class Ensemble:
     device: torch.device
     views: list[View]  # each model's softmax is averaged over these (test-time augmentation: all 8)
 
+    def description(self, final: bool) -> str:
+        """What predicts, for a person: `final` if it is the final model (predict.final), else the folds'."""
+        which = "the final model" if final else f"an ensemble of {len(self.models)} fold models"
+        return f"{which} ({', '.join(sorted(set(self.names)))}) on {self.device}"
+
 
 def find_checkpoints(models_dir: Path) -> list[Path]:
     """Every `fold_<k>/model.pt` under models_dir, in fold order (fold_10 after fold_2)."""
@@ -173,12 +178,14 @@ def predict(
     threshold: float = DEFAULT_THRESHOLD,
     on_batch: Callable[[int, torch.Tensor, torch.Tensor, list[str]], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per path: `file`, `predicted`, `prob_<class>` (mean of the models' softmax), `agreement`.
+    """One row per path: `file`, `predicted`, `prob_<class>` (mean of the models' softmax), `agreement` (the share of
+    models whose own decision is the ensemble's) and `spread` (the standard deviation over the models of their
+    probability of the predicted class: 0 for one model, up to 0.5).
 
     `on_batch(start, images, inputs, labels)` sees every batch: its offset in `paths`, the uint8 images, the
     model inputs and the decided labels (the predict command writes its heatmaps from them).
     """
-    probabilities, predicted, agreement = [], [], []
+    probabilities, predicted, agreement, spread = [], [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         batch = torch.stack([preprocess(p, ensemble.background, ensemble.img_size) for p in chunk])
@@ -191,6 +198,8 @@ def predict(
         probabilities.append(mean)
         predicted.extend(labels)
         agreement.append((votes == np.array(labels)).mean(0))
+        chosen = torch.tensor([ensemble.classes.index(label) for label in labels])
+        spread.append(per_model[:, torch.arange(len(labels)), chosen].std(0, unbiased=False).numpy())
         if on_batch is not None:
             on_batch(start, batch, inputs, labels)
         if progress is not None:
@@ -200,6 +209,7 @@ def predict(
     for i, label in enumerate(ensemble.classes):
         table[prob_column(label)] = probs[:, i].astype(float)
     table["agreement"] = np.concatenate(agreement).astype(float)
+    table["spread"] = np.concatenate(spread).astype(float)
     return table
 
 

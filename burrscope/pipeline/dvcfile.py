@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from burrscope.pipeline.codegraph import PROJECT_ROOT, stage_code
-from burrscope.pipeline.graph import AGGREGATE, EXPORT, STAGES, Output, Stage
-from burrscope.tables import CALIBRATION, CONFUSION, ONNX, POOLED_HISTORY, ROC, THRESHOLDS
+from burrscope.pipeline.graph import AGGREGATE, CURVE_DIR, EXPORT, STAGES, Output, Stage
+from burrscope.tables import CALIBRATION, CONFUSION, CURVE, ONNX, POOLED_HISTORY, ROC, THRESHOLDS
 
 HEADER = """\
 # The Burrscope pipeline for DVC. Written by `python -m burrscope.pipeline.generated` from burrscope/pipeline/graph.py,
@@ -26,8 +26,9 @@ PLOTS_NOTE = """\
 # What `dvc plots show` draws, into a page that carries vega itself (.dvc/config: plots.html_template), so it works
 # offline, with the project's templates in .dvc/plots/: counts and class names on the confusion matrix, the chance
 # diagonal beside the ROC curve, precision and recall in two colours on a 0 to 1 axis, one dot per non-empty
-# calibration bin (never a line across empty ones), one line per fold. None smooths the points, as DVC's default
-# `linear` does (loess), which would start a ROC curve that rises to 0.96 at fpr 0 near 0.5.
+# calibration bin (never a line across empty ones), one line per fold, the learning curve with its intervals. None
+# smooths the points, as DVC's default `linear` does (loess), which would start a ROC curve that rises to 0.96 at
+# fpr 0 near 0.5.
 """
 ARTIFACTS: dict[str, Any] = {
     "burr-classifier": {
@@ -87,27 +88,38 @@ PLOTS: list[dict[str, Any]] = [
             "y_label": "validation loss",
         }
     },
+    {
+        f"{CURVE_DIR}/{CURVE}": {
+            "template": "learning_curve",
+            "title": "Learning curve: pooled balanced accuracy against training photos per fold (curve.fractions)",
+            "x": "train_images",
+            "y": "balanced_accuracy",
+            "x_label": "training photos per fold",
+            "y_label": "balanced accuracy, 95 % bootstrap interval",
+        }
+    },
 ]
 
 
-def dvc_path(path: str) -> str:
-    """A graph path as dvc.yaml writes it: `{fold}` is foreach's `${item}`, `{data.raw_dir}` a params value."""
-    return re.sub(r"\{(fold|[a-z_]+\.[a-z_.]+)\}", lambda m: "${item}" if m[1] == "fold" else f"${{{m[1]}}}", path)
+def dvc_path(path: str, item: str = "fold") -> str:
+    """A graph path as dvc.yaml writes it: `{<item>}` (a stage's foreach entry, `{fold}` by default) is foreach's
+    `${item}`, `{data.raw_dir}` a params value."""
+    return re.sub(rf"\{{({item}|[a-z_]+\.[a-z_.]+)\}}", lambda m: "${item}" if m[1] == item else f"${{{m[1]}}}", path)
 
 
-def _output(output: Output) -> str | dict[str, Any]:
-    return dvc_path(output.path) if output.cache else {dvc_path(output.path): {"cache": False}}
+def _output(output: Output, item: str) -> str | dict[str, Any]:
+    return dvc_path(output.path, item) if output.cache else {dvc_path(output.path, item): {"cache": False}}
 
 
 def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
     """The stage's dvc.yaml mapping: command, data and code deps, params, outputs and metrics."""
     entry: dict[str, Any] = {
-        "cmd": dvc_path(stage.command_line()),
-        "deps": [dvc_path(path) for path in stage.inputs.values()] + stage_code(root, stage.module),
+        "cmd": dvc_path(stage.command_line(), stage.item),
+        "deps": [dvc_path(path, stage.item) for path in stage.inputs.values()] + stage_code(root, stage.module),
         "params": list(stage.params),
     }
-    outs = [_output(output) for output in stage.outputs.values() if not output.metric]
-    metrics = [_output(output) for output in stage.outputs.values() if output.metric]
+    outs = [_output(output, stage.item) for output in stage.outputs.values() if not output.metric]
+    metrics = [_output(output, stage.item) for output in stage.outputs.values() if output.metric]
     entry["outs"] = outs
     if metrics:
         entry["metrics"] = metrics

@@ -1,8 +1,9 @@
 """The pipeline's stages, once: what each reads, writes and tracks. dvc.yaml is written from them (dvcfile.py) and
 the Snakemake rules take their inputs, outputs and params from them (workflow/rules/common.smk).
 
-Paths may hold `{fold}`, the item of a stage that runs once per fold (or per `predict.final` entry), and `{key}`
-for a params.yaml value such as `{data.raw_dir}`. Each stage's code dependencies are not listed: they are the
+Paths may hold the item of a stage that runs once per entry of a params.yaml list (`{fold}` for a fold or
+`predict.final` entry, `{fraction}` for a `curve.fractions` entry), and `{key}` for a params.yaml value such as
+`{data.raw_dir}`. Each stage's code dependencies are not listed: they are the
 files its command runs (codegraph.stage_code).
 """
 
@@ -18,6 +19,7 @@ from burrscope.params import FINAL_ITEM, SCHEMA_PATH, TRAINING_KEYS, lookup
 from burrscope.tables import (
     CALIBRATION,
     CONFUSION,
+    CURVE,
     EXPORT_SUMMARY,
     FINAL_FILES,
     FINAL_MODEL_DIR,
@@ -30,12 +32,17 @@ from burrscope.tables import (
     SUMMARY,
     THRESHOLDS,
     TORCHSCRIPT,
+    VERDICT,
 )
 
 RAW, LABELS = "{data.raw_dir}", "{data.labels}"
 MANIFEST, NAMED, COMPOSITED = "data/interim/manifest.csv", "data/interim/named", "data/interim/composited"
 IMAGES, FOLDS = "data/processed/images", "data/processed/folds.csv"
 TRAIN, EXPLAIN, AGGREGATE, EXPORT = "results/train", "results/explain", "results/aggregate", "results/export"
+# The curve's points go in a folder of their own, which git keeps (its .gitignore) even when curve.fractions is []:
+# the curve stage depends on it, and DVC refuses a missing dependency.
+CURVE_DIR = "results/curve"
+FRACTIONS = f"{CURVE_DIR}/fractions"
 REPORT = "reports/report.html"
 FOLD_DIR, FINAL_DIR = f"{TRAIN}/fold_{{fold}}", f"{TRAIN}/{FINAL_MODEL_DIR}"
 TRAINING = tuple(TRAINING_KEYS.values())
@@ -54,8 +61,9 @@ class Output:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: `command` with `{name}` for an input or output path, `{fold}` for the item of `foreach` (a
-    params.yaml list: the stage runs once per entry), and `note`, what dvc.yaml says about it."""
+    """One stage: `command` with `{name}` for an input or output path, `{<item>}` for the entry of `foreach` (a
+    params.yaml list: the stage runs once per entry; `item` is what an entry is), and `note`, what dvc.yaml says
+    about it."""
 
     name: str
     command: str
@@ -63,6 +71,7 @@ class Stage:
     outputs: Mapping[str, Output]
     params: tuple[str, ...]
     foreach: str | None = None
+    item: str = "fold"
     note: str = ""
 
     @property
@@ -71,9 +80,9 @@ class Stage:
         return self.command.split()[2].removeprefix("stages.")
 
     def command_line(self) -> str:
-        """The command with every input and output path in place (still holding `{fold}` and `{data.*}`)."""
+        """The command with every input and output path in place (still holding `{<item>}` and `{data.*}`)."""
         paths = dict(self.inputs) | {name: output.path for name, output in self.outputs.items()}
-        return self.command.format(fold="{fold}", **paths)
+        return self.command.format(**{self.item: f"{{{self.item}}}"}, **paths)
 
 
 def top_level_keys() -> tuple[str, ...]:
@@ -158,9 +167,37 @@ STAGES: tuple[Stage, ...] = (
         note="The training keys too: they identify the MLflow parent run that aggregate completes.",
     ),
     Stage(
+        "curve_point",
+        "python -m stages.curve_point {images} {folds} {fraction} " + f"{FRACTIONS}/{{fraction}}",
+        {"images": IMAGES, "folds": FOLDS},
+        {"point": Output(f"{FRACTIONS}/{{fraction}}", folder=True)},
+        TRAINING,
+        foreach="curve.fractions",
+        item="fraction",
+        note="Only with curve.fractions set: every fold trained on that share of its training images.",
+    ),
+    Stage(
+        "curve",
+        "python -m stages.curve {folds} {fractions} {predictions} " + CURVE_DIR,
+        {"folds": FOLDS, "fractions": FRACTIONS, "predictions": f"{AGGREGATE}/{PREDICTIONS}"},
+        {
+            "curve": Output(f"{CURVE_DIR}/{CURVE}", cache=False),
+            "verdict": Output(f"{CURVE_DIR}/{VERDICT}", cache=False),
+        },
+        ("curve.fractions", "seed", "predict.threshold"),
+        note="The learning curve: the points and the full run, and whether more photos would help.",
+    ),
+    Stage(
         "report",
-        "python -m stages.report {manifest} {images} {train} {explain} {aggregate} {report}",
-        {"manifest": MANIFEST, "images": IMAGES, "train": TRAIN, "explain": EXPLAIN, "aggregate": AGGREGATE},
+        "python -m stages.report {manifest} {images} {train} {explain} {aggregate} {curve} {report}",
+        {
+            "manifest": MANIFEST,
+            "images": IMAGES,
+            "train": TRAIN,
+            "explain": EXPLAIN,
+            "aggregate": AGGREGATE,
+            "curve": CURVE_DIR,
+        },
         {"report": Output(REPORT)},
         top_level_keys(),
         note="The report prints every param.",
@@ -197,7 +234,7 @@ def outputs_in(folder: str, config: Mapping[str, Any]) -> list[str]:
         items = lookup(config, stage.foreach) if stage.foreach else [None]
         for output in stage.outputs.values():
             if output.path.startswith(f"{folder}/"):
-                found += [output.path.replace("{fold}", str(item)) for item in items]
+                found += [output.path.replace(f"{{{stage.item}}}", str(item)) for item in items]
     return found
 
 
@@ -207,5 +244,5 @@ def snakemake_inputs(stage: Stage, config: Mapping[str, Any]) -> dict[str, str |
 
 
 def snakemake_command(stage: Stage, config: Mapping[str, Any]) -> str:
-    """The stage's command for a Snakemake rule: dvc.yaml's, with the fold from the rule's wildcard."""
-    return resolved(stage.command_line(), config).replace("{fold}", "{wildcards.fold}")
+    """The stage's command for a Snakemake rule: dvc.yaml's, with the item from the rule's wildcard."""
+    return resolved(stage.command_line(), config).replace(f"{{{stage.item}}}", f"{{wildcards.{stage.item}}}")

@@ -7,11 +7,13 @@ place it in a block of the template.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 from burrscope.data.naming import output_name
@@ -93,8 +95,14 @@ def report_context(
         "origin": origin,
         **scores_context(outputs, params, name),
         "figures": figure_uris(outputs, [name(label) for label in outputs.classes]),
+        "more_photos": outputs.verdict["sentence"],
         **gallery_context(outputs, inputs, name),
     }
+
+
+def code_spans(text: str) -> markupsafe.Markup:
+    """`text`, escaped, with each `backquoted` span (a command in a sentence made for the terminal too) as code."""
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(markupsafe.escape(text))))
 
 
 def render(context: Mapping[str, Any]) -> str:
@@ -107,6 +115,7 @@ def render(context: Mapping[str, Any]) -> str:
         keep_trailing_newline=True,
     )
     environment.filters["repr"] = repr  # quoted labels in prose, as Python and the error messages quote them
+    environment.filters["code"] = code_spans
     return environment.from_string(TEMPLATE.read_text(encoding="utf-8")).render(context)
 
 

@@ -154,8 +154,30 @@ def curves_figure(histories: list[pd.DataFrame], kept: list[int]) -> Figure:
     return fig
 
 
+def learning_curve_figure(curve: pd.DataFrame) -> Figure:
+    """Balanced accuracy against training photos per fold, each point with its bootstrap interval."""
+    fig = Figure(figsize=(4.6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    errors = [curve["balanced_accuracy"] - curve["low"], curve["high"] - curve["balanced_accuracy"]]
+    ax.errorbar(
+        curve["train_images"], curve["balanced_accuracy"], yerr=errors, color=TRAIN_COLOUR, marker="o", capsize=4
+    )
+    for row in curve.itertuples():
+        ax.annotate(f"{row.fraction:g}", (row.train_images, row.high), textcoords="offset points", xytext=(0, 4),
+                    ha="center", fontsize=7, color=GREY)  # fmt: skip
+    ax.set(
+        xlim=(0, 1.05 * curve["train_images"].max()),
+        ylim=(min(0.5, curve["low"].min() - 0.02), 1.02),
+        xlabel="training photos per fold (labels: share of the full set)",
+        ylabel="balanced accuracy (pooled)",
+    )
+    ax.set_title("Learning curve, 95 % bootstrap intervals")
+    return fig
+
+
 def figure_uris(outputs: StageOutputs, names: list[str]) -> dict[str, str | None]:
-    """Data URIs of the figures: confusion, roc (None unless there are two classes), calibration, curves.
+    """Data URIs of the figures: confusion, roc (None unless there are two classes), calibration, curves,
+    learning_curve (None without curve.fractions).
 
     `names` are what the report calls the classes, in their order.
     """
@@ -168,4 +190,5 @@ def figure_uris(outputs: StageOutputs, names: list[str]) -> dict[str, str | None
             "roc": None if roc is None else figure_uri(roc_figure(roc, summary["overall"]["roc_auc"], names[-1])),
             "calibration": figure_uri(calibration_figure(outputs.calibration, summary["calibration"], probability)),
             "curves": figure_uri(curves_figure(outputs.histories, [run["epoch_kept"] for run in outputs.runs])),
+            "learning_curve": figure_uri(learning_curve_figure(outputs.curve)) if len(outputs.curve) > 1 else None,
         }

@@ -15,6 +15,8 @@ from burrscope.errors import DataError
 from burrscope.tables import (
     CALIBRATION,
     CALIBRATION_COLUMNS,
+    CURVE,
+    CURVE_COLUMNS,
     FOLD_METRICS,
     HEATMAP_COLUMNS,
     HEATMAPS,
@@ -28,6 +30,7 @@ from burrscope.tables import (
     SUMMARY,
     THRESHOLD_COLUMNS,
     THRESHOLDS,
+    VERDICT,
     read_table,
 )
 
@@ -41,6 +44,7 @@ class ReportInputs:
     train_dir: Path
     explain_dir: Path
     aggregate_dir: Path
+    curve_dir: Path
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class StageOutputs:
     `manifest` holds the kept images (width and height as ints), `skipped` the ones normalise left out.
     `roc` and `thresholds` are None unless there are two classes. `explained` is every fold's heatmaps.csv with
     `fold`, `path` (of the overlay), `is_correct` and `p_explained` (the probability of the explained class).
+    `curve` is the learning curve (one row, the full run, unless curve.fractions is set) and `verdict` what the
+    curve stage concluded from it.
     """
 
     summary: dict[str, Any]
@@ -63,6 +69,8 @@ class StageOutputs:
     thresholds: pd.DataFrame | None
     calibration: pd.DataFrame
     explained: pd.DataFrame
+    curve: pd.DataFrame
+    verdict: dict[str, Any]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -140,4 +148,6 @@ def load_outputs(inputs: ReportInputs, folds: int) -> StageOutputs:
         thresholds=read_thresholds(aggregate_dir / THRESHOLDS) if summary["threshold"] is not None else None,
         calibration=read_table(aggregate_dir / CALIBRATION, CALIBRATION_COLUMNS, numeric=CALIBRATION_COLUMNS),
         explained=read_heatmaps(inputs.explain_dir, folds),
+        curve=read_table(inputs.curve_dir / CURVE, CURVE_COLUMNS, numeric=CURVE_COLUMNS),
+        verdict=read_json(inputs.curve_dir / VERDICT),
     )

@@ -29,16 +29,18 @@ def train_fold(
     checkpoint: Path | None = None,
     stopwatch: Stopwatch | None = None,
     checkpoint_every_s: float = 0.0,
+    train_fraction: float = 1.0,
 ) -> FoldResult:
     """Train on every fold but `fold`, evaluating on `fold` after each epoch; `all`: on every image.
 
     With `checkpoint`, the state after an epoch is saved there (after every epoch, or once `checkpoint_every_s`
     seconds have passed since the last save), and a matching checkpoint found at the start is resumed from: its
     epochs are replayed to `on_epoch`, then training continues where it stopped. `finetune: probe` fits in
-    closed form: one row of history, no checkpoint.
+    closed form: one row of history, no checkpoint. `train_fraction` below 1 trains on that share of the
+    training images (fold_data.training_subset), for the learning curve.
     """
     stopwatch = stopwatch or Stopwatch()
-    setup = prepare(images_dir, folds, fold, recipe, stopwatch=stopwatch)
+    setup = prepare(images_dir, folds, fold, recipe, stopwatch=stopwatch, train_fraction=train_fraction)
     if isinstance(setup.strategy, LinearProbe):
         return fit_probe_fold(setup, on_epoch, stopwatch)
     return run_epochs(

@@ -64,9 +64,18 @@ class Setup:
     fingerprint: str
 
 
-def prepare(images_dir: Path, folds: pd.DataFrame, fold: int | str, recipe: Recipe, *, stopwatch: Stopwatch) -> Setup:
-    """Device and numerics first (before any CUDA or CPU work), then the seeded model, the examples and the
-    strategy (which caches frozen features once, for the strategies that freeze part of the network)."""
+def prepare(
+    images_dir: Path,
+    folds: pd.DataFrame,
+    fold: int | str,
+    recipe: Recipe,
+    *,
+    stopwatch: Stopwatch,
+    train_fraction: float = 1.0,
+) -> Setup:
+    """Device and numerics first (before any CUDA or CPU work), then the seeded model, the examples (a share of the
+    training rows with `train_fraction`) and the strategy (which caches frozen features once, for the strategies
+    that freeze part of the network)."""
     device = select_device(recipe.device)
     configure_determinism(recipe.deterministic, recipe.cudnn_benchmark, device)
     cpu_capability = pin_cpu_numerics(recipe.cpu_threads) if device.type == "cpu" else None
@@ -77,7 +86,7 @@ def prepare(images_dir: Path, folds: pd.DataFrame, fold: int | str, recipe: Reci
     with stopwatch("data"):
         built = build_model(recipe.model, len(set(folds["label"])), recipe.pretrained, recipe.img_size)
         runtime.prepare(built.model)
-        data = load_fold(images_dir, folds, fold)
+        data = load_fold(images_dir, folds, fold, train_fraction=train_fraction, seed=recipe.seed)
         images = [x for x in (data.train_x, data.val_x) if x is not None]
         expected = resume.fingerprint(recipe, folds, fold, device, images=images)
         data = data.placed(device)

@@ -53,3 +53,4 @@ def command(stage):
 
 wildcard_constraints:
     fold=r"\d+",
+    fraction=r"0?\.\d+",
