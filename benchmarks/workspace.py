@@ -104,6 +104,14 @@ def timed_repro(root: Path) -> tuple[list[tuple[str, float]], float]:
     return timed_run(root, ["dvc", "repro"], r"Running stage '([^']+)'")
 
 
+def commit_all(root: Path, message: str) -> None:
+    """Commit everything in the workspace, as a user does before `dvc exp run` (an experiment needs a baseline)."""
+    who = {"GIT_AUTHOR_NAME": "benchmark", "GIT_AUTHOR_EMAIL": "benchmark@localhost"}
+    env = {**tool_env(), **who, "GIT_COMMITTER_NAME": "benchmark", "GIT_COMMITTER_EMAIL": "benchmark@localhost"}
+    subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message], cwd=root, env=env, check=True)
+
+
 def add_set_option(parser: argparse.ArgumentParser) -> None:
     """`--set KEY=VALUE`, repeatable: params.yaml overrides for the benchmark's workspace."""
     parser.add_argument(
