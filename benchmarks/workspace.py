@@ -18,18 +18,21 @@ from typing import Any
 import yaml
 
 from burrscope.params import lookup
+from burrscope.pipeline.graph import KEPT
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def copy_repo(dest: Path) -> None:
-    """The working tree's tracked and new (not ignored) files, without outputs or lock (so every stage runs),
-    in a new git repo at `dest`: what is measured is the code as it stands, committed or not."""
+    """The working tree's tracked and new (not ignored) files, without outputs or lock (so every stage runs; the
+    KEPT files of the pipeline's definition stay), in a new git repo at `dest`: what is measured is the code as it
+    stands, committed or not."""
     # -z: unquoted names (git escapes the demo's Chinese file names otherwise)
     listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
     names = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout
     for name in names.split("\0"):
-        if (REPO / name).is_file() and name != "dvc.lock" and not name.startswith(("results/", "reports/")):
+        made = name == "dvc.lock" or name.startswith(("results/", "reports/"))
+        if (REPO / name).is_file() and (not made or name in KEPT):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # .dvc/ came with the committed files

@@ -27,7 +27,7 @@ import yaml
 from burrscope.evaluation.pooled import load_predictions
 from burrscope.evaluation.summary import aggregate, write_aggregate_outputs
 from burrscope.params import Params
-from burrscope.pipeline.graph import FRACTIONS
+from burrscope.pipeline.graph import KEPT
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -110,14 +110,11 @@ def user_env(root: Path, **extra: str) -> dict[str, str]:
 
 
 def project_files() -> list[str]:
-    """The repository's tracked and new files that a fresh project starts from: no data, results, tests or lock."""
+    """The repository's tracked and new files that a fresh project starts from: no data, results (but the KEPT
+    files of the pipeline's definition), tests or lock."""
     listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO).stdout.split("\0")
     generated = ("data/", "tests/", "results/", "reports/", ".dvc/")
-    return [
-        name
-        for name in listed
-        if name == KEPT_FOLDER or (name and not name.startswith(generated) and name != "dvc.lock")
-    ]
+    return [name for name in listed if name in KEPT or (name and not name.startswith(generated) and name != "dvc.lock")]
 
 
 def copy_into(root: Path, name: str) -> None:
@@ -225,10 +222,8 @@ MULTICLASS = pd.DataFrame(
 )
 
 
-# The folder the curve stage depends on: git keeps it, by its .gitignore, even without curve points.
-KEPT_FOLDER = f"{FRACTIONS}/.gitignore"
 # What the pipeline's definition consists of: the graph of each tool, the params, and the code the stages run.
-DEFINITION = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope", KEPT_FOLDER]
+DEFINITION = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "profiles", "stages", "burrscope", *KEPT]
 
 
 def copy_definition(root: Path, *, optional: bool = False) -> None:

@@ -39,10 +39,11 @@ RAW, LABELS = "{data.raw_dir}", "{data.labels}"
 MANIFEST, NAMED, COMPOSITED = "data/interim/manifest.csv", "data/interim/named", "data/interim/composited"
 IMAGES, FOLDS = "data/processed/images", "data/processed/folds.csv"
 TRAIN, EXPLAIN, AGGREGATE, EXPORT = "results/train", "results/explain", "results/aggregate", "results/export"
-# The curve's points go in a folder of their own, which git keeps (its .gitignore) even when curve.fractions is []:
-# the curve stage depends on it, and DVC refuses a missing dependency.
+# The curve's points go in a folder of their own, which git keeps (by its KEPT file, a .gitignore that ignores the
+# points) even when curve.fractions is []: the curve stage depends on it, and DVC refuses a missing dependency.
 CURVE_DIR = "results/curve"
 FRACTIONS = f"{CURVE_DIR}/fractions"
+KEPT = (f"{FRACTIONS}/.gitignore",)  # the files under results/ that belong to the pipeline's definition
 REPORT = "reports/report.html"
 FOLD_DIR, FINAL_DIR = f"{TRAIN}/fold_{{fold}}", f"{TRAIN}/{FINAL_MODEL_DIR}"
 TRAINING = tuple(TRAINING_KEYS.values())
