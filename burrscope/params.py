@@ -144,6 +144,15 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit stage's thresholds (params.yaml's `audit`; what each means: params.schema.json)."""
+
+    duplicate_similarity: float
+    outlier_neighbours: int
+    outlier_z: float
+
+
+@dataclass(frozen=True)
 class Params:
     """params.yaml, checked, in the sections the stages take; `raw` is the file's mapping as read."""
 
@@ -157,6 +166,7 @@ class Params:
     explain_correct: int
     predict: PredictConfig
     mlflow: TrackingConfig
+    audit: AuditConfig
     raw: Mapping[str, Any]
 
     @classmethod
@@ -175,6 +185,7 @@ class Params:
             explain_correct=params["train"]["explain_correct"],
             predict=PredictConfig(tuple(params["predict"]["final"]), params["predict"]["threshold"]),
             mlflow=TrackingConfig(**params["mlflow"]),
+            audit=AuditConfig(**params["audit"]),
             raw=params,
         )
 

@@ -123,20 +123,15 @@ def rerun_by_file(nodes: dict[str, Node], path: str) -> set[str]:
 
 def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
     nodes = dvc_nodes(workdir)
-    assert rerun_by_param(nodes, "lr") == {"train", "explain", "aggregate", "report", "export"}
-    assert rerun_by_param(nodes, "resize.img_size") == {"resize", "train", "explain", "aggregate", "report", "export"}
-    assert rerun_by_param(nodes, "composite.background") == {
-        "composite",
-        "resize",
-        "train",
-        "explain",
-        "aggregate",
-        "report",
-        "export",
-    }
-    assert rerun_by_param(nodes, "split.folds") == {"split", "train", "explain", "aggregate", "report", "export"}
-    # Using the model differently retrains nothing.
-    assert rerun_by_param(nodes, "predict.threshold") == {"aggregate", "report", "export"}
+    after_training = {"explain", "aggregate", "audit", "report", "export"}
+    assert rerun_by_param(nodes, "lr") == {"train", *after_training}
+    assert rerun_by_param(nodes, "resize.img_size") == {"resize", "train", *after_training}
+    assert rerun_by_param(nodes, "composite.background") == {"composite", "resize", "train", *after_training}
+    assert rerun_by_param(nodes, "split.folds") == {"split", "train", *after_training}
+    # Using the model differently retrains nothing (the audit reads aggregate's predictions, so it reruns, in seconds).
+    assert rerun_by_param(nodes, "predict.threshold") == {"aggregate", "audit", "report", "export"}
+    # Auditing with other thresholds changes only the audit and the report.
+    assert rerun_by_param(nodes, "audit.duplicate_similarity") == {"audit", "report"}
     assert rerun_by_param(nodes, "mlflow.registered_model") == {"report", "export"}
     # Where runs are logged is no part of a model: renaming the experiment retrains nothing (the report prints it).
     assert rerun_by_param(nodes, "mlflow.experiment") == {"report"}

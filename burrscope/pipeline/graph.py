@@ -16,13 +16,16 @@ from typing import Any
 
 from burrscope.params import FINAL_ITEM, SCHEMA_PATH, TRAINING_KEYS, lookup
 from burrscope.tables import (
+    AUDIT_SUMMARY,
     CALIBRATION,
     CONFUSION,
     EXPORT_SUMMARY,
     FINAL_FILES,
     FINAL_MODEL_DIR,
     FOLD_FILES,
+    GROUPED_LABELS,
     HEADLINE,
+    ISSUES,
     ONNX,
     POOLED_HISTORY,
     PREDICTIONS,
@@ -36,6 +39,7 @@ RAW, LABELS = "{data.raw_dir}", "{data.labels}"
 MANIFEST, NAMED, COMPOSITED = "data/interim/manifest.csv", "data/interim/named", "data/interim/composited"
 IMAGES, FOLDS = "data/processed/images", "data/processed/folds.csv"
 TRAIN, EXPLAIN, AGGREGATE, EXPORT = "results/train", "results/explain", "results/aggregate", "results/export"
+AUDIT = "results/audit"
 REPORT = "reports/report.html"
 FOLD_DIR, FINAL_DIR = f"{TRAIN}/fold_{{fold}}", f"{TRAIN}/{FINAL_MODEL_DIR}"
 TRAINING = tuple(TRAINING_KEYS.values())
@@ -158,9 +162,35 @@ STAGES: tuple[Stage, ...] = (
         note="The training keys too: they identify the MLflow parent run that aggregate completes.",
     ),
     Stage(
+        "audit",
+        "python -m stages.audit {labels} {manifest} {images} {folds} {predictions} " + AUDIT,
+        {
+            "labels": LABELS,
+            "manifest": MANIFEST,
+            "images": IMAGES,
+            "folds": FOLDS,
+            "predictions": f"{AGGREGATE}/{PREDICTIONS}",
+        },
+        {
+            "issues": Output(f"{AUDIT}/{ISSUES}", cache=False),
+            "grouped": Output(f"{AUDIT}/{GROUPED_LABELS}"),
+            "summary": Output(f"{AUDIT}/{AUDIT_SUMMARY}", cache=False, metric=True),
+        },
+        (*TRAINING, "audit"),
+        note="Suspect labels, near-duplicate photos and outliers; it never changes a label. The training keys pick "
+        "the backbone whose features it compares, and find the MLflow parent run it logs to.",
+    ),
+    Stage(
         "report",
-        "python -m stages.report {manifest} {images} {train} {explain} {aggregate} {report}",
-        {"manifest": MANIFEST, "images": IMAGES, "train": TRAIN, "explain": EXPLAIN, "aggregate": AGGREGATE},
+        "python -m stages.report {manifest} {images} {train} {explain} {aggregate} {audit} {report}",
+        {
+            "manifest": MANIFEST,
+            "images": IMAGES,
+            "train": TRAIN,
+            "explain": EXPLAIN,
+            "aggregate": AGGREGATE,
+            "audit": AUDIT,
+        },
         {"report": Output(REPORT)},
         top_level_keys(),
         note="The report prints every param.",

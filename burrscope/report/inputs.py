@@ -13,6 +13,7 @@ import pandas as pd
 from burrscope.classes import prob_column
 from burrscope.errors import DataError
 from burrscope.tables import (
+    AUDIT_SUMMARY,
     CALIBRATION,
     CALIBRATION_COLUMNS,
     FOLD_METRICS,
@@ -20,6 +21,8 @@ from burrscope.tables import (
     HEATMAPS,
     HISTORY,
     HISTORY_COLUMNS,
+    ISSUE_COLUMNS,
+    ISSUES,
     MANIFEST_COLUMNS,
     PREDICTION_COLUMNS,
     PREDICTIONS,
@@ -34,13 +37,23 @@ from burrscope.tables import (
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """The report stage's input paths, in its command line's order."""
+    """The report stage's input paths, in its command line's order. The stage always passes `audit_dir`; without
+    it the report has no "Check these photos first" section."""
 
     manifest_csv: Path
     images_dir: Path
     train_dir: Path
     explain_dir: Path
     aggregate_dir: Path
+    audit_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuditOutputs:
+    """The audit stage's findings (issues.csv, scores as floats) and counts (summary.json)."""
+
+    issues: pd.DataFrame
+    summary: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class StageOutputs:
     `manifest` holds the kept images (width and height as ints), `skipped` the ones normalise left out.
     `roc` and `thresholds` are None unless there are two classes. `explained` is every fold's heatmaps.csv with
     `fold`, `path` (of the overlay), `is_correct` and `p_explained` (the probability of the explained class).
+    `audit` is None when the inputs name no audit folder.
     """
 
     summary: dict[str, Any]
@@ -63,6 +77,7 @@ class StageOutputs:
     thresholds: pd.DataFrame | None
     calibration: pd.DataFrame
     explained: pd.DataFrame
+    audit: AuditOutputs | None = None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -113,6 +128,13 @@ def read_heatmaps(explain_dir: Path, folds: int) -> pd.DataFrame:
     return explained
 
 
+def read_audit(audit_dir: Path) -> AuditOutputs:
+    return AuditOutputs(
+        issues=read_table(audit_dir / ISSUES, ISSUE_COLUMNS, numeric=["score"]),
+        summary=read_json(audit_dir / AUDIT_SUMMARY),
+    )
+
+
 def load_outputs(inputs: ReportInputs, folds: int) -> StageOutputs:
     """Read what the report shows; DataError, naming the file and the fix, if any of it is missing or stale."""
     train_dir, aggregate_dir = inputs.train_dir, inputs.aggregate_dir
@@ -140,4 +162,5 @@ def load_outputs(inputs: ReportInputs, folds: int) -> StageOutputs:
         thresholds=read_thresholds(aggregate_dir / THRESHOLDS) if summary["threshold"] is not None else None,
         calibration=read_table(aggregate_dir / CALIBRATION, CALIBRATION_COLUMNS, numeric=CALIBRATION_COLUMNS),
         explained=read_heatmaps(inputs.explain_dir, folds),
+        audit=None if inputs.audit_dir is None else read_audit(inputs.audit_dir),
     )
