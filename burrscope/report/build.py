@@ -16,7 +16,7 @@ import pandas as pd
 
 from burrscope.data.naming import output_name
 from burrscope.params import Params
-from burrscope.report import lede, sections
+from burrscope.report import lede, sections, suspects
 from burrscope.report.figures import figure_uris
 from burrscope.report.inputs import ReportInputs, StageOutputs, load_outputs
 from burrscope.report.origin import Origin, find_origin
@@ -94,6 +94,7 @@ def report_context(
         **scores_context(outputs, params, name),
         "figures": figure_uris(outputs, [name(label) for label in outputs.classes]),
         **gallery_context(outputs, inputs, name),
+        "audit": suspects.audit_section(outputs, inputs, params, name),
     }
 
 
