@@ -40,7 +40,7 @@ def main() -> None:
         pairs = [(files.iloc[pair.first], files.iloc[pair.second]) for pair in findings.pairs]
         grouped = grouped_labels(args.labels_csv, args.manifest_csv, pairs)
         write_audit_outputs(args.out_dir, findings, grouped)
-    print(summary_line(findings.summary))
+    print(summary_line(findings.summary, len(photos.table)))
     warning = crossing_warning(findings.summary, args.out_dir, args.labels_csv)
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -43,7 +43,8 @@ def fake_audit(inputs: ReportInputs, *, crossing: bool) -> list[str]:
         [files[1], "photo 1.png", "near_duplicate", 0.991, "0", "", folds[1], files[other]],
     ]
     pd.DataFrame(rows, columns=ISSUE_COLUMNS).to_csv(inputs.audit_dir / ISSUES, index=False)
-    summary = {"label": 1, "near_duplicate": 1, "outlier": 0, "duplicates_across_folds": int(crossing), "images": 8}
+    summary = {"audit_label": 1, "audit_near_duplicate": 1, "audit_outlier": 0}
+    summary["audit_duplicates_across_folds"] = int(crossing)
     (inputs.audit_dir / AUDIT_SUMMARY).write_text(json.dumps(summary))
     return files
 

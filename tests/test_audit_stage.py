@@ -107,8 +107,8 @@ def test_the_stage_writes_its_findings_warns_and_leaves_the_labels_alone(
     planted = {frozenset((files[copy], files[demo[source]])) for copy, source in COPIES.items()}
     assert {frozenset((row.file, row.other_file)) for row in pairs.itertuples()} == planted
     summary = json.loads((tmp_path / "results/audit/summary.json").read_text())
-    assert summary["near_duplicate"] == summary["duplicates_across_folds"] == 2
-    assert summary["images"] == 2 * PER_CLASS + 2 and summary["label"] == (issues["issue"] == "label").sum()
+    assert summary["audit_near_duplicate"] == summary["audit_duplicates_across_folds"] == 2
+    assert summary["audit_label"] == (issues["issue"] == "label").sum()
     assert "2 near-duplicate pair(s) of photos sit in different folds" in printed.err
     assert printed.out.startswith(f"audit of {2 * PER_CLASS + 2} photos:")
 

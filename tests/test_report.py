@@ -103,8 +103,8 @@ def fake_inputs(root: Path, predictions: pd.DataFrame) -> Inputs:
     audit_dir = root / "results" / "audit"  # an audit that found nothing (tests/test_audit_report.py: findings)
     audit_dir.mkdir(parents=True)
     pd.DataFrame(columns=ISSUE_COLUMNS).to_csv(audit_dir / ISSUES, index=False)
-    counts = dict.fromkeys(["label", "near_duplicate", "outlier", "duplicates_across_folds"], 0)
-    (audit_dir / AUDIT_SUMMARY).write_text(json.dumps({**counts, "images": len(predictions)}))
+    counts = ["audit_label", "audit_near_duplicate", "audit_outlier", "audit_duplicates_across_folds"]
+    (audit_dir / AUDIT_SUMMARY).write_text(json.dumps(dict.fromkeys(counts, 0)))
     return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir, audit_dir)
 
 

@@ -42,7 +42,8 @@ class Photos:
 
 @dataclass(frozen=True)
 class Findings:
-    """The issues table, the near-duplicate pairs (rows of `Photos.table`) and the summary (summary.json)."""
+    """The issues table, the near-duplicate pairs (rows of `Photos.table`) and the summary (summary.json): the
+    rows of each issue, audit_<issue>, and the pairs in two folds, audit_duplicates_across_folds."""
 
     issues: pd.DataFrame
     pairs: list[Pair]
@@ -137,16 +138,16 @@ def find_issues(photos: Photos, features: np.ndarray, settings: AuditConfig) -> 
     # Rows by issue (ISSUE_TYPES' order: scores of different issues do not compare), the most suspect first.
     issues = issues.assign(_type=issues["issue"].map(ISSUE_TYPES.index))
     issues = issues.sort_values(["_type", "score", "file"], ascending=[True, False, True], kind="stable")
-    summary = {kind: int((issues["issue"] == kind).sum()) for kind in ISSUE_TYPES}
-    summary["duplicates_across_folds"] = sum(crosses_folds(photos, pair) for pair in pairs)
-    summary["images"] = len(photos.table)
+    # Named as MLflow names them too, so that `dvc exp show` (which shows a metric by its key alone) says whose.
+    summary = {f"audit_{kind}": int((issues["issue"] == kind).sum()) for kind in ISSUE_TYPES}
+    summary["audit_duplicates_across_folds"] = sum(crosses_folds(photos, pair) for pair in pairs)
     return Findings(issues[ISSUE_COLUMNS].reset_index(drop=True), pairs, summary)
 
 
-def summary_line(summary: Mapping[str, Any]) -> str:
+def summary_line(summary: Mapping[str, Any], photos: int) -> str:
     """What the stage prints: the counts of summary.json in one line."""
     return (
-        f"audit of {summary['images']} photos: {summary['label']} probable label error(s), "
-        f"{summary['near_duplicate']} near-duplicate pair(s) ({summary['duplicates_across_folds']} across "
-        f"folds), {summary['outlier']} outlier(s)"
+        f"audit of {photos} photos: {summary['audit_label']} probable label error(s), "
+        f"{summary['audit_near_duplicate']} near-duplicate pair(s) ({summary['audit_duplicates_across_folds']} "
+        f"across folds), {summary['audit_outlier']} outlier(s)"
     )

@@ -34,7 +34,7 @@ def write_audit_outputs(out_dir: Path, findings: Findings, grouped_labels: str) 
 
 def crossing_warning(summary: Mapping[str, Any], out_dir: Path, labels_csv: Path) -> str | None:
     """The loud warning the stage prints when near-duplicate photos sit in different folds; None when none do."""
-    crossing = summary["duplicates_across_folds"]
+    crossing = summary["audit_duplicates_across_folds"]
     if not crossing:
         return None
     rule, copy = "!" * 100, grouped_copy(labels_csv)

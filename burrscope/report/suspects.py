@@ -101,7 +101,7 @@ def audit_section(outputs: StageOutputs, inputs: ReportInputs, params: Mapping[s
     originals = {output_name(row.normalised_name): row.original_name for row in outputs.manifest.itertuples()}
     return {
         "counts": audit.summary,
-        "crossing": int(audit.summary["duplicates_across_folds"]),
+        "crossing": int(audit.summary["audit_duplicates_across_folds"]),
         "issues": str(audit_dir / ISSUES),
         "grouped": str(audit_dir / GROUPED_LABELS),
         "copy_to": str(grouped_copy(params["data"]["labels"])),

@@ -119,8 +119,8 @@ def log_report(params: Params, predictions_csv: Path, files: list[Path]) -> tupl
 def log_audit(
     params: Params, predictions_csv: Path, summary: Mapping[str, int], issues_csv: Path
 ) -> tuple[str | None, str]:
-    """Log the audit's counts as metrics `audit_<count>` (audit_label, audit_near_duplicate, audit_outlier,
-    audit_duplicates_across_folds, audit_images) and `issues_csv` as an artifact to this pipeline run's parent;
+    """Log the audit's counts (summary.json: audit_label, audit_near_duplicate, audit_outlier,
+    audit_duplicates_across_folds) as metrics and `issues_csv` as an artifact to this pipeline run's parent;
     (its id, status). The parent is found from aggregate's pooled predictions (parent_of_predictions). Never
     raises: the findings are written before this is called."""
     recorder = Recorder("The audit's findings are written; the parent run lacks them")
@@ -130,7 +130,7 @@ def log_audit(
         if parent_id is None:
             return None
         now = int(time.time() * 1000)
-        batch = [Metric(f"audit_{name}", float(value), now, 0) for name, value in sorted(summary.items())]
+        batch = [Metric(name, float(value), now, 0) for name, value in sorted(summary.items())]
         connection.client.log_batch(parent_id, metrics=batch)
         connection.client.log_artifact(parent_id, str(issues_csv), artifact_path="audit")
         return parent_id
