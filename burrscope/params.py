@@ -149,6 +149,15 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit stage's thresholds (params.yaml's `audit`; what each means: params.schema.json)."""
+
+    duplicate_similarity: float
+    outlier_neighbours: int
+    outlier_z: float
+
+
+@dataclass(frozen=True)
 class Params:
     """params.yaml, checked, in the sections the stages take; `raw` is the file's mapping as read."""
 
@@ -163,6 +172,7 @@ class Params:
     predict: PredictConfig
     curve: CurveConfig
     mlflow: TrackingConfig
+    audit: AuditConfig
     raw: Mapping[str, Any]
 
     @classmethod
@@ -182,6 +192,7 @@ class Params:
             predict=PredictConfig(tuple(params["predict"]["final"]), params["predict"]["threshold"]),
             curve=CurveConfig(tuple(params["curve"]["fractions"])),
             mlflow=TrackingConfig(**params["mlflow"]),
+            audit=AuditConfig(**params["audit"]),
             raw=params,
         )
 

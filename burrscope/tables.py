@@ -30,6 +30,9 @@ CONFUSION, ROC, THRESHOLDS, CALIBRATION, POOLED_HISTORY = (
 # the training photos per fold; the curve stage writes the table and what it says.
 CURVE_SIZES, CURVE, VERDICT = "sizes.json", "curve.csv", "verdict.json"
 CURVE_COLUMNS = ["fraction", "train_images", "balanced_accuracy", "low", "high"]
+# The audit stage's outputs (results/audit/): the findings, most suspect first; their counts (a DVC metric); and the
+# user's labels CSV with a `group` column that joins near-duplicate photos.
+ISSUES, AUDIT_SUMMARY, GROUPED_LABELS = "issues.csv", "summary.json", "labels_with_groups.csv"
 # The export stage's files.
 TORCHSCRIPT, ONNX, EXPORT_SUMMARY = "model.ts", "model.onnx", "export.json"
 
@@ -57,6 +60,13 @@ METRICS = {
 HEADLINE_METRICS = ["accuracy", "balanced_accuracy", "recall", "missed", "roc_auc", "ece"]
 THRESHOLD_COLUMNS = ["threshold", "precision", "recall", "flagged", "missed", "false_alarms"]
 CALIBRATION_COLUMNS = ["bin_lower", "bin_upper", "mean_predicted", "fraction_positive", "count"]
+# One row per finding of the audit stage. `score` is higher for a more suspect row, on a scale of its `issue`:
+# label, 1 - the out-of-fold probability of the given label; near_duplicate, the pair's cosine similarity;
+# outlier, the robust z-score of its mean distance to its nearest neighbours. Rows come by issue in ISSUE_TYPES'
+# order (scores of different issues do not compare), each issue's most suspect first. `suggested_label` is the
+# most probable class (label rows only); `other_file` the photo a near-duplicate pairs with; `fold` is `file`'s.
+ISSUE_COLUMNS = ["file", "original_name", "issue", "score", "given_label", "suggested_label", "fold", "other_file"]
+ISSUE_TYPES = ("label", "near_duplicate", "outlier")
 RERUN = "re-run the pipeline (`dvc repro` or `snakemake`) so that every stage's output is current"
 
 
@@ -80,3 +90,10 @@ def read_table(path: Path, required: Sequence[str], numeric: Sequence[str] = ())
             )
         table[column] = values
     return table
+
+
+def grouped_copy(labels_csv: str | Path) -> Path:
+    """Where to copy labels_with_groups.csv to use it: beside the labels CSV (data.labels) as <name>_grouped.csv.
+    data.labels cannot name the audit's own output: the first stage reads it, so the pipeline would be a cycle."""
+    labels_csv = Path(labels_csv)
+    return labels_csv.with_name(f"{labels_csv.stem}_grouped.csv")

@@ -1,4 +1,4 @@
-"""Stage 8: render the cross-validation results as one self-contained HTML page (figures and thumbnails inlined).
+"""Stage 9: render the cross-validation results as one self-contained HTML page (figures and thumbnails inlined).
 
 Once it is written, it is logged to the pipeline run's MLflow parent; a tracking failure is a warning, never a
 lost report.
@@ -9,6 +9,7 @@ Arguments:
   TRAIN: folder holding fold_<k>/history.csv and metrics.json
   EXPLAIN: folder holding fold_<k>/heatmaps.csv and the overlays
   AGGREGATE: the aggregate stage's output folder
+  AUDIT: the audit stage's output folder
   CURVE: the curve stage's output folder (curve.csv, verdict.json)
   REPORT: where the report goes
 """
@@ -25,10 +26,12 @@ from burrscope.tables import PREDICTIONS
 
 
 def main() -> None:
-    args = path_arguments(__doc__, "manifest", "images", "train", "explain", "aggregate", "curve", "report")
+    args = path_arguments(__doc__, "manifest", "images", "train", "explain", "aggregate", "audit", "curve", "report")
     with user_errors():
         params = load_params()
-        inputs = ReportInputs(args.manifest, args.images, args.train, args.explain, args.aggregate, args.curve)
+        inputs = ReportInputs(
+            args.manifest, args.images, args.train, args.explain, args.aggregate, args.audit, args.curve
+        )
         page = build_report(inputs, params.raw)
         write_text_atomic(args.report, page)
     print(f"report: {args.report} ({len(page.encode()) / 1e6:.1f} MB)")

@@ -118,11 +118,11 @@ def test_the_fold_template_draws_a_line_per_fold_of_the_pooled_history() -> None
     assert template["encoding"]["color"]["field"] == "fold" and "fold" in POOLED_HISTORY_COLUMNS
 
 
-def test_no_stage_declares_plots_and_the_headline_is_the_only_dvc_metric() -> None:
+def test_no_stage_declares_plots_and_the_metrics_are_the_headline_and_the_audit_counts() -> None:
     stages = stage_definitions()
     assert not [stage for stage in stages if "plots" in stage]  # each would be a second, per-file plot
     metrics = [next(iter(entry)) for stage in stages for entry in stage.get("metrics", [])]
-    assert metrics == ["results/aggregate/headline.json"]
+    assert metrics == ["results/aggregate/headline.json", "results/audit/summary.json"]
     outs = [entry if isinstance(entry, str) else next(iter(entry)) for entry in DVC_YAML["stages"]["aggregate"]["outs"]]
     assert "results/aggregate/metrics.json" in outs  # every figure is still written and kept, for the report
 

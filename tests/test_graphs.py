@@ -125,7 +125,7 @@ def rerun_by_file(nodes: dict[str, Node], path: str) -> set[str]:
 
 def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
     nodes = dvc_nodes(workdir)
-    downstream = {"aggregate", "curve", "report", "export"}  # of the folds' predictions
+    downstream = {"aggregate", "audit", "curve", "report", "export"}  # of the folds' predictions
     assert rerun_by_param(nodes, "lr") == {"train", "explain", *downstream}
     assert rerun_by_param(nodes, "resize.img_size") == {"resize", "train", "explain", *downstream}
     assert rerun_by_param(nodes, "composite.background") == {
@@ -136,8 +136,10 @@ def test_param_changes_rerun_only_the_dependent_stages(workdir: Path) -> None:
         *downstream,
     }
     assert rerun_by_param(nodes, "split.folds") == {"split", "train", "explain", *downstream}
-    # Using the model differently retrains nothing.
+    # Using the model differently retrains nothing (the audit reads aggregate's predictions, so it reruns, in seconds).
     assert rerun_by_param(nodes, "predict.threshold") == downstream
+    # Auditing with other thresholds changes only the audit and the report.
+    assert rerun_by_param(nodes, "audit.duplicate_similarity") == {"audit", "report"}
     assert rerun_by_param(nodes, "mlflow.registered_model") == {"report", "export"}
     # Where runs are logged is no part of a model: renaming the experiment retrains nothing (the report prints it).
     assert rerun_by_param(nodes, "mlflow.experiment") == {"report"}

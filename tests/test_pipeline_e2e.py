@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 PER_CLASS = 6
 FOLD_STAGES = {"train@0", "train@1", "explain@0", "explain@1"}
-AFTER_TRAINING = {"aggregate", "curve", "report", "export"}
+AFTER_TRAINING = {"aggregate", "audit", "curve", "report", "export"}
 STAGES = {"normalise", "composite", "resize", "split", *FOLD_STAGES, *AFTER_TRAINING}
 DATA_OUTPUTS = ["data/interim/manifest.csv", "data/processed/folds.csv"]
 
@@ -68,11 +68,15 @@ def test_a_forced_rerun_at_the_same_commit_leaves_git_clean(pipeline_run: Path, 
     assert changed == "", output(["git", "diff"], project)
 
 
-def test_dvc_metrics_show_lists_the_headline_figures_only(pipeline_run: Path) -> None:
+def test_dvc_metrics_show_lists_the_headline_figures_and_the_audits_counts_only(pipeline_run: Path) -> None:
     shown = json.loads(output(["dvc", "metrics", "show", "--json"], pipeline_run, user_env(pipeline_run)))
     (workspace,) = shown.values()  # one revision, the workspace (DVC names it "")
     files = workspace["data"]
-    assert list(files) == ["results/aggregate/headline.json"]  # not the 50-odd figures of metrics.json
+    # not the 50-odd figures of metrics.json
+    assert list(files) == ["results/aggregate/headline.json", "results/audit/summary.json"]
+    assert list(files["results/audit/summary.json"]["data"]) == [
+        "audit_label", "audit_near_duplicate", "audit_outlier", "audit_duplicates_across_folds"
+    ]  # fmt: skip
     headline = files["results/aggregate/headline.json"]["data"]
     assert list(headline) == HEADLINE_METRICS
     metrics = json.loads((pipeline_run / "results/aggregate/metrics.json").read_text())
@@ -204,5 +208,6 @@ def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(pipeli
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     plan = output(["snakemake", "--cores", "2", "--dry-run"], root, env)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, flags=re.M))
-    expected = {"train": "2", "explain": "2", "aggregate": "1", "report": "1", "export": "1", "all": "1", "total": "8"}
+    expected = {"train": "2", "explain": "2", "aggregate": "1", "audit": "1", "report": "1", "export": "1", "all": "1"}
+    expected["total"] = "9"
     assert jobs == expected

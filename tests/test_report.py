@@ -28,6 +28,7 @@ from burrscope.params import load_params
 from burrscope.report.build import build_report
 from burrscope.report.figures import calibration_figure, roc_figure
 from burrscope.report.inputs import ReportInputs
+from burrscope.tables import AUDIT_SUMMARY, ISSUE_COLUMNS, ISSUES
 from burrscope.tracking.lookup import ui_url
 from burrscope.tracking.store import PIPELINE_KEY_TAG, pipeline_key
 from stages.report import main
@@ -65,7 +66,7 @@ def fake_heatmaps(explain_dir: Path, predictions: pd.DataFrame) -> None:
 
 
 def fake_inputs(root: Path, predictions: pd.DataFrame) -> Inputs:
-    """Manifest, model inputs, training, explain and aggregate outputs for `predictions`.
+    """Manifest, model inputs, training, explain, aggregate and audit outputs for `predictions`.
 
     The original names exercise the data summary: one collision rename, two non-ASCII names.
     """
@@ -101,9 +102,14 @@ def fake_inputs(root: Path, predictions: pd.DataFrame) -> Inputs:
     write_aggregate_outputs(aggregate_dir, *aggregate(pooled, classes, folds, threshold=0.5))
     explain_dir = root / "results" / "explain"
     fake_heatmaps(explain_dir, predictions)
+    audit_dir = root / "results" / "audit"  # an audit that found nothing (tests/test_audit_report.py: findings)
+    audit_dir.mkdir(parents=True)
+    pd.DataFrame(columns=ISSUE_COLUMNS).to_csv(audit_dir / ISSUES, index=False)
+    counts = ["audit_label", "audit_near_duplicate", "audit_outlier", "audit_duplicates_across_folds"]
+    (audit_dir / AUDIT_SUMMARY).write_text(json.dumps(dict.fromkeys(counts, 0)))
     curve_dir = root / "results" / "curve"  # the curve stage's outputs without curve.fractions: the full run only
     write_curve(curve_dir, [Point(1.0, len(pooled) / 2, pooled)], classes, threshold=0.5, seed=0)
-    return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir, curve_dir)
+    return Inputs(manifest_csv, images_dir, train_dir, explain_dir, aggregate_dir, audit_dir, curve_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,21 @@ COLUMN_NAMES = {"file": ("file", "filename", "file_name", "image", "path"), "lab
 
 def read_labels(labels_csv: Path) -> pd.DataFrame:
     """Labels table (columns file, label[, group], all str) plus `line`, its line number in the CSV."""
+    table, columns = labels_as_written(labels_csv)
+    table = table.rename(columns=columns)
+    table = table[[col for col in COLUMN_NAMES if col in table.columns]]
+    table = table.assign(line=table.index + 2)
+    table = table[(table.drop(columns="line") != "").any(axis=1)].reset_index(drop=True)
+    # Spaces around a value are a spreadsheet's doing: around a label they would silently make a new class.
+    for col in COLUMN_NAMES:
+        if col in table.columns:
+            table[col] = table[col].str.strip()
+    return table.assign(label=canonical_labels(table.label))
+
+
+def labels_as_written(labels_csv: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Every column of the labels CSV under its own header, as text, blank rows kept (row i is line i + 2); and
+    {header: file | label | group} for the columns read_labels takes. For writing a copy that reads back alike."""
     try:
         # utf-8-sig drops the byte-order mark Excel writes; newline="" lets the CSV reader see CRLF as one break.
         with open(labels_csv, encoding="utf-8-sig", newline="") as fh:
@@ -34,21 +49,13 @@ def read_labels(labels_csv: Path) -> pd.DataFrame:
     except UnicodeDecodeError as err:
         raise DataError(f"{labels_csv}: not UTF-8 text ({err.reason}); save it as 'CSV UTF-8'.") from err
     try:
-        # skip_blank_lines=False keeps `line` true to what a spreadsheet shows; blank rows are dropped below.
+        # skip_blank_lines=False keeps `line` true to what a spreadsheet shows; read_labels drops blank rows.
         table = pd.read_csv(
             io.StringIO(text), sep=_separator(text), dtype=str, keep_default_na=False, skip_blank_lines=False
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as err:
         raise DataError(f"{labels_csv}: not a readable CSV ({err}).") from err
-    table = table.rename(columns=_column_names(list(table.columns), labels_csv))
-    table = table[[col for col in COLUMN_NAMES if col in table.columns]]
-    table = table.assign(line=table.index + 2)
-    table = table[(table.drop(columns="line") != "").any(axis=1)].reset_index(drop=True)
-    # Spaces around a value are a spreadsheet's doing: around a label they would silently make a new class.
-    for col in COLUMN_NAMES:
-        if col in table.columns:
-            table[col] = table[col].str.strip()
-    return table.assign(label=canonical_labels(table.label))
+    return table, _column_names(list(table.columns), labels_csv)
 
 
 def _column_names(header: list[str], labels_csv: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from burrscope.params import FINAL_ITEM, SCHEMA_PATH, TRAINING_KEYS, lookup
 from burrscope.tables import (
+    AUDIT_SUMMARY,
     CALIBRATION,
     CONFUSION,
     CURVE,
@@ -24,7 +25,9 @@ from burrscope.tables import (
     FINAL_FILES,
     FINAL_MODEL_DIR,
     FOLD_FILES,
+    GROUPED_LABELS,
     HEADLINE,
+    ISSUES,
     ONNX,
     POOLED_HISTORY,
     PREDICTIONS,
@@ -44,6 +47,7 @@ TRAIN, EXPLAIN, AGGREGATE, EXPORT = "results/train", "results/explain", "results
 CURVE_DIR = "results/curve"
 FRACTIONS = f"{CURVE_DIR}/fractions"
 KEPT = (f"{FRACTIONS}/.gitignore",)  # the files under results/ that belong to the pipeline's definition
+AUDIT = "results/audit"
 REPORT = "reports/report.html"
 FOLD_DIR, FINAL_DIR = f"{TRAIN}/fold_{{fold}}", f"{TRAIN}/{FINAL_MODEL_DIR}"
 TRAINING = tuple(TRAINING_KEYS.values())
@@ -189,14 +193,34 @@ STAGES: tuple[Stage, ...] = (
         note="The learning curve: the points and the full run, and whether more photos would help.",
     ),
     Stage(
+        "audit",
+        "python -m stages.audit {labels} {manifest} {images} {folds} {predictions} " + AUDIT,
+        {
+            "labels": LABELS,
+            "manifest": MANIFEST,
+            "images": IMAGES,
+            "folds": FOLDS,
+            "predictions": f"{AGGREGATE}/{PREDICTIONS}",
+        },
+        {
+            "issues": Output(f"{AUDIT}/{ISSUES}", cache=False),
+            "grouped": Output(f"{AUDIT}/{GROUPED_LABELS}"),
+            "summary": Output(f"{AUDIT}/{AUDIT_SUMMARY}", cache=False, metric=True),
+        },
+        (*TRAINING, "audit"),
+        note="Suspect labels, near-duplicate photos and outliers; it never changes a label. The training keys pick "
+        "the backbone whose features it compares, and find the MLflow parent run it logs to.",
+    ),
+    Stage(
         "report",
-        "python -m stages.report {manifest} {images} {train} {explain} {aggregate} {curve} {report}",
+        "python -m stages.report {manifest} {images} {train} {explain} {aggregate} {audit} {curve} {report}",
         {
             "manifest": MANIFEST,
             "images": IMAGES,
             "train": TRAIN,
             "explain": EXPLAIN,
             "aggregate": AGGREGATE,
+            "audit": AUDIT,
             "curve": CURVE_DIR,
         },
         {"report": Output(REPORT)},

@@ -18,7 +18,7 @@ import pandas as pd
 
 from burrscope.data.naming import output_name
 from burrscope.params import Params
-from burrscope.report import lede, sections
+from burrscope.report import lede, sections, suspects
 from burrscope.report.figures import figure_uris
 from burrscope.report.inputs import ReportInputs, StageOutputs, load_outputs
 from burrscope.report.origin import Origin, find_origin
@@ -97,6 +97,7 @@ def report_context(
         "figures": figure_uris(outputs, [name(label) for label in outputs.classes]),
         "more_photos": outputs.verdict["sentence"],
         **gallery_context(outputs, inputs, name),
+        "audit": suspects.audit_section(outputs, inputs, params, name),
     }
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 from burrscope.classes import prob_column
 from burrscope.errors import DataError
 from burrscope.tables import (
+    AUDIT_SUMMARY,
     CALIBRATION,
     CALIBRATION_COLUMNS,
     CURVE,
@@ -22,6 +23,8 @@ from burrscope.tables import (
     HEATMAPS,
     HISTORY,
     HISTORY_COLUMNS,
+    ISSUE_COLUMNS,
+    ISSUES,
     MANIFEST_COLUMNS,
     PREDICTION_COLUMNS,
     PREDICTIONS,
@@ -44,7 +47,16 @@ class ReportInputs:
     train_dir: Path
     explain_dir: Path
     aggregate_dir: Path
+    audit_dir: Path
     curve_dir: Path
+
+
+@dataclass(frozen=True)
+class AuditOutputs:
+    """The audit stage's findings (issues.csv, scores as floats) and counts (summary.json)."""
+
+    issues: pd.DataFrame
+    summary: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class StageOutputs:
     thresholds: pd.DataFrame | None
     calibration: pd.DataFrame
     explained: pd.DataFrame
+    audit: AuditOutputs
     curve: pd.DataFrame
     verdict: dict[str, Any]
 
@@ -121,6 +134,13 @@ def read_heatmaps(explain_dir: Path, folds: int) -> pd.DataFrame:
     return explained
 
 
+def read_audit(audit_dir: Path) -> AuditOutputs:
+    return AuditOutputs(
+        issues=read_table(audit_dir / ISSUES, ISSUE_COLUMNS, numeric=["score"]),
+        summary=read_json(audit_dir / AUDIT_SUMMARY),
+    )
+
+
 def load_outputs(inputs: ReportInputs, folds: int) -> StageOutputs:
     """Read what the report shows; DataError, naming the file and the fix, if any of it is missing or stale."""
     train_dir, aggregate_dir = inputs.train_dir, inputs.aggregate_dir
@@ -148,6 +168,7 @@ def load_outputs(inputs: ReportInputs, folds: int) -> StageOutputs:
         thresholds=read_thresholds(aggregate_dir / THRESHOLDS) if summary["threshold"] is not None else None,
         calibration=read_table(aggregate_dir / CALIBRATION, CALIBRATION_COLUMNS, numeric=CALIBRATION_COLUMNS),
         explained=read_heatmaps(inputs.explain_dir, folds),
+        audit=read_audit(inputs.audit_dir),
         curve=read_table(inputs.curve_dir / CURVE, CURVE_COLUMNS, numeric=CURVE_COLUMNS),
         verdict=read_json(inputs.curve_dir / VERDICT),
     )

@@ -1,5 +1,6 @@
 """What the stages after training add to a pipeline run's MLflow parent: aggregate's summary (then it closes the
-parent) and the report. Both run after their outputs are written and never raise (tracking.Recorder)."""
+parent), the audit's counts and findings, and the report. Each runs after its stage's outputs are written and never
+raises (tracking.Recorder)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mlflow.entities import Metric, RunStatus
 from burrscope.params import Params
 from burrscope.tables import FOLD_COLUMNS, read_table
 from burrscope.tracking.champion import THRESHOLD_METRIC, cross_validated, settle_parent
-from burrscope.tracking.store import Recorder, connect, pipeline_key
+from burrscope.tracking.store import Connection, Recorder, connect, pipeline_key
 
 COUNTS = ("missed", "false_alarms")  # at the threshold, as aggregate names them
 NOTE = "mlflow.note.content"  # MLflow's run description
@@ -88,18 +89,24 @@ def log_aggregate(
     return recorder.attempt("logging the cross-validated summary", log), recorder.status
 
 
+def parent_of_predictions(params: Params, predictions_csv: Path) -> tuple[Connection, str | None]:
+    """The tracking store and this pipeline run's parent (None if none), found from the fold assignment in
+    aggregate's pooled predictions, which carry the same (file, label, fold) rows as folds.csv."""
+    connection = connect(params.mlflow.experiment)
+    assignment = read_table(predictions_csv, FOLD_COLUMNS, numeric=["fold"])
+    return connection, connection.latest_parent(pipeline_key(params.recipe, assignment))
+
+
 def log_report(params: Params, predictions_csv: Path, files: list[Path]) -> tuple[str | None, str]:
     """Log the report's `files` to this pipeline run's parent (MLflow previews HTML and PNG); (its id, status).
 
-    The parent is found from the fold assignment in aggregate's pooled predictions, which carry the same
-    (file, label, fold) rows as folds.csv. Never raises: the report is written before this is called.
+    The parent is found from aggregate's pooled predictions (parent_of_predictions). Never raises: the report is
+    written before this is called.
     """
     recorder = Recorder("The report is written; the parent run lacks it")
 
     def log() -> str | None:
-        connection = connect(params.mlflow.experiment)
-        assignment = read_table(predictions_csv, FOLD_COLUMNS, numeric=["fold"])
-        parent_id = connection.latest_parent(pipeline_key(params.recipe, assignment))
+        connection, parent_id = parent_of_predictions(params, predictions_csv)
         if parent_id is None:
             return None
         for path in files:
@@ -107,3 +114,25 @@ def log_report(params: Params, predictions_csv: Path, files: list[Path]) -> tupl
         return parent_id
 
     return recorder.attempt("logging the report", log), recorder.status
+
+
+def log_audit(
+    params: Params, predictions_csv: Path, summary: Mapping[str, int], issues_csv: Path
+) -> tuple[str | None, str]:
+    """Log the audit's counts (summary.json: audit_label, audit_near_duplicate, audit_outlier,
+    audit_duplicates_across_folds) as metrics and `issues_csv` as an artifact to this pipeline run's parent;
+    (its id, status). The parent is found from aggregate's pooled predictions (parent_of_predictions). Never
+    raises: the findings are written before this is called."""
+    recorder = Recorder("The audit's findings are written; the parent run lacks them")
+
+    def log() -> str | None:
+        connection, parent_id = parent_of_predictions(params, predictions_csv)
+        if parent_id is None:
+            return None
+        now = int(time.time() * 1000)
+        batch = [Metric(name, float(value), now, 0) for name, value in sorted(summary.items())]
+        connection.client.log_batch(parent_id, metrics=batch)
+        connection.client.log_artifact(parent_id, str(issues_csv), artifact_path="audit")
+        return parent_id
+
+    return recorder.attempt("logging the audit", log), recorder.status

@@ -1,4 +1,4 @@
-# After training: heatmaps per fold, pooled metrics, the report and the exported model.
+# After training: heatmaps per fold, pooled metrics, the data audit, the report and the exported model.
 
 
 rule explain:
@@ -33,6 +33,23 @@ rule aggregate:
         "Pooling out-of-fold predictions into cross-validated metrics"
     shell:
         command("aggregate")
+
+
+rule audit:
+    input:
+        **inputs("audit"),
+    output:
+        **outputs("audit"),
+    log:
+        "logs/audit.log",
+    conda:
+        "../envs/burrscope.yaml"
+    params:
+        tracked=tracked("audit"),
+    message:
+        "Auditing the labels and photos: probable label errors, near-duplicates, outliers"
+    shell:
+        command("audit")
 
 
 rule report:
