@@ -322,3 +322,9 @@ def test_a_corrupted_or_stale_cache_entry_is_rebuilt_never_trusted(
     assert rebuilt == first
     assert templates.startswith("rebuilt: the cached ones failed (ExportError: model.ts differs from the PyTorch")
     assert (entry / export_cache.TORCHSCRIPT_TEMPLATE).read_bytes() != drifting  # replaced by a good one
+
+
+def test_parity_refuses_a_file_that_returns_another_shape() -> None:
+    """A file that kept the example's batch size, or mixed the images of a batch, returns other rows."""
+    with pytest.raises(export_module.ExportError, match=r"model.onnx returns \(3, 2\) probabilities for 2"):
+        export_module.check_parity(ONNX, np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32))
