@@ -32,15 +32,15 @@ def main() -> None:
         params = load_params()
         started = time.perf_counter()
         ensemble = load_ensemble(chosen_checkpoints(args.train_dir, params.predict.final))
-        images = parity_images(args.folds_csv, args.images_dir, ensemble.img_size)
-        summary, differences = write_exports(ensemble, images, params.predict.threshold, args.out_dir)
+        images = parity_images(args.folds_csv, args.images_dir, ensemble.img_size, ensemble.classes)
+        summary, differences, templates = write_exports(ensemble, images, params.predict.threshold, args.out_dir)
     outcome = register(summary, args.out_dir, images, params, folds_csv=args.folds_csv, parity=differences)
-    write_run_log("export", {"parity": differences, "mlflow": outcome})
+    write_run_log("export", {"parity": differences, "templates": templates, "mlflow": outcome})
     parity = ", ".join(f"{name} {diff:.2g}" for name, diff in differences.items())
     registered = outcome.get("registered_model_uri") or "not registered"
     print(
         f"export: {len(summary['source_checkpoints'])} model(s) -> {args.out_dir}/{{{TORCHSCRIPT},{ONNX}}} "
-        f"(max abs diff {parity}), {registered}, in {time.perf_counter() - started:.0f} s",
+        f"(max abs diff {parity}; graphs {templates}), {registered}, in {time.perf_counter() - started:.0f} s",
         file=sys.stderr,
     )
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +18,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import copy_definition, user_env
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from burrscope.files import sha256_file
 from burrscope.inference import export as export_module
+from burrscope.inference import export_cache
 from burrscope.inference.ensemble import load_ensemble, predict, preprocess
-from burrscope.inference.export import Probabilities, load_torchscript
+from burrscope.inference.export import Probabilities, member, parity_images, write_exports
+from burrscope.inference.torchscript import load_torchscript, trace_template
 from burrscope.models.factory import build_model
 from burrscope.params import Params
 from burrscope.tables import EXPORT_SUMMARY, ONNX, TORCHSCRIPT
@@ -35,6 +41,7 @@ pytestmark = pytest.mark.cli  # every test runs the export stage's main(), or re
 SIZE = 32
 BACKGROUND = (20, 40, 60)
 FOLDS = ("fold_0", "fold_1")
+TEMPLATES = "template-cache"  # the export cache that the `exported` fixture fills, in the workspace
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +118,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(workspace: Path, export_params: Callable[..., Params]) -> tuple[Path, dict]:
-    """The fold ensemble exported into a temp sqlite store whose pipeline parent aggregate has already closed."""
+    """The fold ensemble exported into a temp sqlite store whose pipeline parent aggregate has already closed, with
+    its templates cached in TEMPLATES (warm_cache copies them)."""
     params = export_params()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workspace)
+        mp.setenv(export_cache.CACHE_ENV, str(workspace / TEMPLATES))
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "DVC_EXP_NAME"):
             mp.delenv(name, raising=False)
         with FoldRun(params, workspace / "folds.csv", 0) as run:
@@ -124,6 +133,12 @@ def exported(workspace: Path, export_params: Callable[..., Params]) -> tuple[Pat
     assert parent == run.connection.client.get_run(run.run_id).data.tags[PARENT_RUN_TAG]
     summary["parent_of_folds"] = parent
     return workspace / "export", summary
+
+
+def warm_cache(workspace: Path, exported: tuple[Path, dict], cache: Path) -> Path:
+    """A copy of the cache that `exported` left: the templates of these models' structure, cached."""
+    shutil.copytree(workspace / TEMPLATES, cache)
+    return cache
 
 
 def fold_ensemble(workspace: Path) -> Probabilities:
@@ -143,8 +158,8 @@ def test_exports_match_the_ensemble_on_another_batch_size(workspace: Path, expor
     np.testing.assert_allclose(scripted, expected, atol=1e-5)
     np.testing.assert_allclose(onnx, expected, atol=1e-5)
     written = json.loads((out / EXPORT_SUMMARY).read_text())
-    assert written["parity"] == {"images": 6, "tolerance": 1e-4, "checked": [TORCHSCRIPT, ONNX]}
-    assert max(summary["run_log"]["parity"].values()) <= 1e-4
+    assert written["parity"] == {"images": 2, "tolerance": 1e-4, "checked": [TORCHSCRIPT, ONNX]}  # one per class
+    assert max(summary["run_log"]["parity"].values()) <= 1e-4 and summary["run_log"]["templates"] == "built"
     assert [Path(c["path"]).parent.name for c in written["source_checkpoints"]] == list(FOLDS)
     assert written["files"][ONNX]["sha256"] == sha256_file(out / ONNX)
     assert (written["classes"], written["positive_class"], written["threshold"]) == (["0", "1"], "1", 0.4)
@@ -193,11 +208,18 @@ def test_pyfunc_model_predicts_raw_rgba_bytes_as_predict_does(
 
 
 def test_final_model_is_exported_and_an_unreachable_store_costs_no_file(
-    workspace: Path, tmp_path: Path, export_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
+    workspace: Path,
+    exported: tuple[Path, dict],
+    tmp_path: Path,
+    export_params: Callable[..., Params],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    # The final model is built as the folds are: their templates serve it.
+    monkeypatch.setenv(export_cache.CACHE_ENV, str(warm_cache(workspace, exported, tmp_path / "cache")))
     summary = run_export(workspace, tmp_path, export_params(final=["all"]), tmp_path / "out")
     assert [Path(c["path"]).parent.name for c in summary["source_checkpoints"]] == ["final"]
+    assert summary["run_log"]["templates"] == "cached"
     status = summary["run_log"]["mlflow"]["status"]
     assert status.startswith("failed: logging and registering the model: MLflow tracking at http://127.0.0.1:9 is")
     assert "fix MLFLOW_TRACKING_URI" in status
@@ -207,26 +229,102 @@ def test_final_model_is_exported_and_an_unreachable_store_costs_no_file(
         np.testing.assert_allclose(load_torchscript(tmp_path / "out" / TORCHSCRIPT)(images), expected, atol=1e-5)
 
 
+class Skewed(Probabilities):
+    """Off by 1e-3: the kind of drift parity must catch. Its weights are named as Probabilities names them."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return super().forward(images) + 1e-3
+
+
+def skewed(module: Probabilities) -> Skewed:
+    drifting = copy.deepcopy(module)
+    drifting.__class__ = Skewed
+    return drifting
+
+
 def test_failed_parity_refuses_and_leaves_nothing(
     workspace: Path, tmp_path: Path, export_params: Callable[..., Params], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Skewed(torch.nn.Module):
-        """Off by 1e-3: the kind of drift parity must catch."""
-
-        def __init__(self, module: Probabilities) -> None:
-            super().__init__()
-            self.module = module
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            return self.module(images) + 1e-3
-
-    exact = export_module.export_torchscript
-    monkeypatch.setattr(export_module, "export_torchscript", lambda module, *args: exact(Skewed(module), *args))
+    monkeypatch.setattr(
+        export_module, "trace_template", lambda module, example: trace_template(skewed(module), example)
+    )
     monkeypatch.setattr(export_stage, "register", lambda *_: pytest.fail("MLflow after a refusal"))
+    monkeypatch.setenv(export_cache.CACHE_ENV, str(tmp_path / "cwd" / "cache"))
     (tmp_path / "cwd").mkdir()
     with pytest.raises(SystemExit) as exit_:  # one model (the final one): half the work
         run_export(workspace, tmp_path / "cwd", export_params(final=["all"]), tmp_path / "out")
     assert str(exit_.value.code).startswith(
-        "error: model.ts differs from the PyTorch models by 0.001 on 6 processed images"
+        "error: model.ts differs from the PyTorch models by 0.001 on 2 processed images"
     )
     assert [p.name for p in tmp_path.iterdir()] == ["cwd"]
+    assert not list((tmp_path / "cwd" / "cache").rglob("*.onnx"))  # templates that failed are never cached
+
+
+def export_folds(workspace: Path, out: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, str]:
+    """The fold ensemble exported into `out` with the export cache in `cache`: the files' bytes, and where the
+    templates came from."""
+    monkeypatch.setenv(export_cache.CACHE_ENV, str(cache))
+    ensemble = load_ensemble([workspace / "train" / fold / "model.pt" for fold in FOLDS])
+    images = parity_images(workspace / "folds.csv", workspace / "images", SIZE, ensemble.classes)
+    _, _, templates = write_exports(ensemble, images, 0.4, out)
+    return {name: (out / name).read_bytes() for name in (TORCHSCRIPT, ONNX, EXPORT_SUMMARY)}, templates
+
+
+def test_exports_are_the_same_bytes_from_any_cache_process_and_checkout(
+    workspace: Path,
+    exported: tuple[Path, dict],
+    export_params: Callable[..., Params],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, templates = export_folds(
+        workspace, tmp_path / "warm", warm_cache(workspace, exported, tmp_path / "cache"), monkeypatch
+    )
+    assert templates == "cached"
+    assert {name: (exported[0] / name).read_bytes() for name in first} == first  # the stage's, from a cold cache
+    # Built again in this process, which has made TorchScript types of those names before.
+    assert export_folds(workspace, tmp_path / "cold", tmp_path / "empty cache", monkeypatch) == (first, "built")
+    # The stage in a fresh process from a copy of the code elsewhere, whose file paths the exporters see.
+    elsewhere = tmp_path / "another checkout"
+    elsewhere.mkdir()
+    copy_definition(elsewhere)
+    (elsewhere / "params.yaml").write_text(yaml.safe_dump(export_params().raw))
+    env = user_env(elsewhere, PYTHONPATH=str(elsewhere), MLFLOW_TRACKING_URI=f"sqlite:///{elsewhere / 'mlflow.db'}")
+    env[export_cache.CACHE_ENV] = str(elsewhere / "cache")
+    args = [workspace / "folds.csv", workspace / "images", workspace / "train", tmp_path / "elsewhere"]
+    command = [sys.executable, "-m", "stages.export", *map(str, args)]
+    done = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert {name: (tmp_path / "elsewhere" / name).read_bytes() for name in first} == first
+
+
+def test_a_corrupted_or_stale_cache_entry_is_rebuilt_never_trusted(
+    workspace: Path, exported: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = warm_cache(workspace, exported, tmp_path / "cache")
+    first, _ = export_folds(workspace, tmp_path / "out", cache, monkeypatch)
+    (entry,) = (cache / "export").iterdir()
+    with (entry / export_cache.ONNX_TEMPLATE).open("ab") as template:
+        template.write(b"\0")
+    rebuilt, templates = export_folds(workspace, tmp_path / "out", cache, monkeypatch)
+    assert rebuilt == first
+    assert templates == "rebuilt: the cached ones were corrupted (its files do not hash as its manifest says)"
+    assert export_cache.load(entry.name)[1] == "cached"
+    # Whole but wrong: a template that computes something else, its manifest made to match. Only parity can tell.
+    ensemble = load_ensemble([workspace / "train" / fold / "model.pt" for fold in FOLDS])
+    drifting = trace_template(skewed(member(ensemble)), torch.rand(2, 3, SIZE, SIZE))
+    (entry / export_cache.TORCHSCRIPT_TEMPLATE).write_bytes(drifting)
+    manifest = json.loads((entry / export_cache.MANIFEST).read_text())
+    manifest["sha256"][export_cache.TORCHSCRIPT_TEMPLATE] = sha256_file(entry / export_cache.TORCHSCRIPT_TEMPLATE)
+    (entry / export_cache.MANIFEST).write_text(json.dumps(manifest))
+    assert export_cache.load(entry.name)[1] == "cached"
+    rebuilt, templates = export_folds(workspace, tmp_path / "out", cache, monkeypatch)
+    assert rebuilt == first
+    assert templates.startswith("rebuilt: the cached ones failed (ExportError: model.ts differs from the PyTorch")
+    assert (entry / export_cache.TORCHSCRIPT_TEMPLATE).read_bytes() != drifting  # replaced by a good one
+
+
+def test_parity_refuses_a_file_that_returns_another_shape() -> None:
+    """A file that kept the example's batch size, or mixed the images of a batch, returns other rows."""
+    with pytest.raises(export_module.ExportError, match=r"model.onnx returns \(3, 2\) probabilities for 2"):
+        export_module.check_parity(ONNX, np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32))

@@ -4,14 +4,19 @@ Both files take what data/processed/images holds, as float32 N x 3 x S x S RGB i
 and resized, divided by 255), apply the backbone's normalisation, run every model and return the mean of
 their softmax, N x C. Before anything is written both are checked against the PyTorch models on processed
 images; a larger difference than TOLERANCE stops the stage with nothing written.
+
+The graphs are made from one model and laid out again for each (burrscope.inference.torchscript, .onnx_graph): a
+template that depends on the model's structure, not its weights, cached between exports (.export_cache).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import copy
+import dataclasses
 import json
-import warnings
-import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +28,31 @@ from torch import nn
 
 from burrscope.errors import DataError, UserError
 from burrscope.files import atomic_dir, sha256_file, write_text_atomic
+from burrscope.inference import export_cache
 from burrscope.inference.ensemble import Ensemble
+from burrscope.inference.export_cache import Templates
+from burrscope.inference.onnx_graph import TEMPLATE_PREFIX, check_template, compose_onnx, export_template, run_onnx
+from burrscope.inference.torchscript import INPUT, OUTPUT, compose_torchscript, run_torchscript, trace_template
 from burrscope.models.factory import standardise
 from burrscope.models.symmetries import mean_softmax
 from burrscope.tables import EXPORT_SUMMARY, ONNX, TORCHSCRIPT, read_table
 
-# Runtimes reorder the same float32 arithmetic: for 5 EfficientNet-Lite0 at 224 px ONNX Runtime differs by 3e-6,
-# TorchScript by 0. 1e-4 is far above that and far below any difference that could move a decision.
+# Runtimes reorder the same float32 arithmetic: for 5 EfficientNet-Lite0 at 224 px ONNX Runtime differs by 1e-7 to
+# 3e-6, TorchScript by 2e-11 (from the reference, which runs channels last). 1e-4 is far above that and far below any
+# difference that could move a decision.
 TOLERANCE = 1e-4
-PARITY_IMAGES = 16
-# torch.export treats a dimension of size 0 or 1 as fixed, so the example batch must be larger to stay dynamic.
-EXAMPLE_BATCH = 2
-INPUT, OUTPUT = "image", "probabilities"
-UNREPRODUCIBLE_RECORDS = (".debug_pkl", "/.data/serialization_id")
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold, as torch's own archives use
-STACK_TRACE = "pkg.torch.onnx.stack_trace"
+# Parity is checked on one processed image of each class, at least two, in one batch. In eval mode an image's
+# probabilities depend on that image alone (batch norm uses its running statistics; no layer mixes the images of a
+# batch) and every image goes through the same operations: the graphs have no branch that an image could take or
+# miss. More images would run the same arithmetic again, and the differences a runtime makes (rounding in other
+# kernels, 1e-7 to 1e-6 here) show alike on every image. One per class covers each class's kind of output; a batch
+# of two or more, never of the example's size, checks that the files neither mix the images of a batch nor kept the
+# example's batch size. Each image costs views x models forward passes in PyTorch, TorchScript and ONNX Runtime:
+# 16 images took 216 of the stage's 302 s.
+PARITY_BATCH = 2
+# The batch the templates are traced on. torch.export treats a dimension of size 0 or 1 as fixed, so it must be larger
+# to stay dynamic; parity is then checked on another size.
+EXAMPLE_BATCH = 3
 
 
 class ExportError(UserError):
@@ -58,11 +73,17 @@ class Probabilities(nn.Module):
         return torch.stack([mean_softmax(model, inputs, self.views) for model in self.models]).mean(0)
 
 
-def parity_images(folds_csv: Path, images_dir: Path, img_size: int, limit: int = PARITY_IMAGES) -> torch.Tensor:
-    """Up to `limit` processed images listed in folds_csv, as float32 N x 3 x S x S in [0, 1]."""
-    files = read_table(folds_csv, ["file"])["file"].head(limit)
-    if files.empty:
+def parity_images(folds_csv: Path, images_dir: Path, img_size: int, classes: list[str]) -> torch.Tensor:
+    """The first processed image of each class in folds_csv, topped up with the next ones listed to PARITY_BATCH
+    and to another number than EXAMPLE_BATCH, as float32 N x 3 x S x S in [0, 1]."""
+    table = read_table(folds_csv, ["file", "label"])
+    if table.empty:
         raise DataError(f"{folds_csv} lists no images to check the export on; re-run the pipeline.")
+    firsts = table.drop_duplicates("label").set_index("label")["file"]
+    files = [firsts[label] for label in classes if label in firsts.index]
+    count = max(len(files), PARITY_BATCH)
+    count += count == EXAMPLE_BATCH
+    files += [name for name in table["file"] if name not in files][: count - len(files)]
     batch = []
     for name in files:
         path = images_dir / name
@@ -80,75 +101,27 @@ def parity_images(folds_csv: Path, images_dir: Path, img_size: int, limit: int =
     return torch.stack(batch).float() / 255
 
 
-def reproducible_archive(archive: bytes) -> bytes:
-    """A TorchScript archive without what differs between two saves of the same model: the debug records
-    (`*.debug_pkl`: Python stack traces that name this checkout's and this venv's files; torch.jit.load does without
-    them) and `.data/serialization_id`, which hashes them. The rest is copied in order, stored, dated 1980."""
-    source, rebuilt = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
-    with zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_STORED) as target:
-        for record in source.infolist():
-            if not record.filename.endswith(UNREPRODUCIBLE_RECORDS):
-                target.writestr(zipfile.ZipInfo(record.filename, ZIP_EPOCH), source.read(record))
-    return rebuilt.getvalue()
-
-
-def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings():
-        # Mean and std are constants by design; TorchScript is deprecated but still what torch.jit.load serves.
-        warnings.filterwarnings("ignore", "torch.tensor results are registered as constants")
-        warnings.filterwarnings("ignore", r"`torch\.jit\.trace(_method)?` is deprecated")
-        warnings.filterwarnings("ignore", r"`torch\.jit\.save` is deprecated")
-        # check_trace re-traces and compares graphs, 20 times slower than tracing; check_parity compares outputs.
-        archive = io.BytesIO()
-        torch.jit.save(torch.jit.trace(module, example, check_trace=False), archive)
-    path.write_bytes(reproducible_archive(archive.getvalue()))
-
-
-def without_stack_traces(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The ONNX model without the Python stack trace the exporter records on each node: it names this checkout's
-    files, so the same model exported from two clones would differ."""
-    for node in [*model.graph.node, *(node for function in model.functions for node in function.node)]:
-        kept = [entry for entry in node.metadata_props if entry.key != STACK_TRACE]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-    return model
-
-
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    # The torch.export-based exporter (needs onnxscript): the TorchScript-based one is deprecated since 2.9.
-    program = torch.onnx.export(
-        module,
-        (example,),
-        dynamo=True,
-        verbose=False,
-        input_names=[INPUT],
-        output_names=[OUTPUT],
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-    )
-    # One file with the weights inside (the 2 GB protobuf limit is far off), serialised field by field in order.
-    path.write_bytes(without_stack_traces(program.model_proto).SerializeToString(deterministic=True))
-
-
-def load_torchscript(path: Path | str) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated")
-        return torch.jit.load(str(path), map_location="cpu").eval()
-
-
 @torch.inference_mode()
-def run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
-    return load_torchscript(path)(images).numpy()
-
-
-def run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
-    import onnxruntime  # only the parity check runs ONNX
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT], {INPUT: images.numpy()})[0]
+def reference_probabilities(ensemble: Ensemble, images: torch.Tensor) -> np.ndarray:
+    """What the exported files must compute, Probabilities of the PyTorch models, one image and one view at a time:
+    the mean over the views of the models' probabilities under each view is the same mean, as an image's output
+    depends on that image alone in eval mode. On copies of the models laid out channels last (the same arithmetic in
+    the layout the CPU convolution kernels run fastest in) and in batches of one, whose layer outputs the allocator
+    reuses instead of asking the kernel for fresh pages each time: half the time of one batch, here."""
+    laid_out = [copy.deepcopy(model).to(memory_format=torch.channels_last) for model in ensemble.models]
+    per_view = [Probabilities(dataclasses.replace(ensemble, models=laid_out, views=[view])) for view in ensemble.views]
+    inputs = images.contiguous(memory_format=torch.channels_last)
+    return torch.cat([torch.stack([view(image) for view in per_view]).mean(0) for image in inputs.split(1)]).numpy()
 
 
 def check_parity(name: str, got: np.ndarray, expected: np.ndarray) -> float:
     """Max abs difference of an exported file's probabilities from the PyTorch module's; refuses above TOLERANCE."""
+    if got.shape != expected.shape:
+        raise ExportError(
+            f"{name} returns {got.shape} probabilities for {len(expected)} processed images, the PyTorch models "
+            f"{expected.shape}; nothing was written. This is an exporter problem: report it with the torch version "
+            f"({torch.__version__}); meanwhile `python -m stages.predict` predicts with the checkpoints themselves."
+        )
     difference = float(np.abs(got - expected).max())
     if not difference <= TOLERANCE:  # NaN fails too
         raise ExportError(
@@ -206,21 +179,90 @@ def describe(ensemble: Ensemble, threshold: float, images: int, out_dir: Path) -
     }
 
 
+def member(ensemble: Ensemble) -> Probabilities:
+    """One model's probabilities (the ensemble's first), from which the templates are made."""
+    return Probabilities(dataclasses.replace(ensemble, models=ensemble.models[:1])).eval()
+
+
+def build_templates(ensemble: Ensemble, image_shape: torch.Size) -> Templates:
+    example = torch.rand(EXAMPLE_BATCH, *image_shape, generator=torch.Generator().manual_seed(0))
+    return Templates(trace_template(member(ensemble), example), export_template(member(ensemble), example))
+
+
+@contextlib.contextmanager
+def one_thread_per_kernel() -> Iterator[None]:
+    """torch's kernels on one thread each while inside: on a loaded 2-core machine the threads of one kernel wait
+    on each other and run 2 to 4 times slower than one thread (measured); write_checked runs two at a time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_onnx(
+    graph: onnx.ModelProto, weights: list[dict[str, torch.Tensor]], images: torch.Tensor, path: Path
+) -> np.ndarray:
+    path.write_bytes(compose_onnx(graph, weights))
+    return run_onnx(path, images)
+
+
+def write_checked(templates: Templates, ensemble: Ensemble, images: torch.Tensor, folder: Path) -> dict[str, float]:
+    """model.ts and model.onnx in `folder`, made from the templates with the ensemble's weights, and each file's
+    largest difference from the PyTorch models; raises ExportError above TOLERANCE (ValueError or RuntimeError if
+    the templates do not take these weights)."""
+    weights = [model.state_dict() for model in ensemble.models]
+    graph = onnx.load_from_string(templates.onnx)
+    for state in weights:
+        check_template(graph, state)
+    members = [{TEMPLATE_PREFIX + name: tensor for name, tensor in state.items()} for state in weights]
+    # Two at a time, on a core each: the PyTorch models then the ONNX file beside the TorchScript file.
+    with one_thread_per_kernel(), ThreadPoolExecutor(1) as beside:
+        expected = beside.submit(reference_probabilities, ensemble, images)
+        onnx_output = beside.submit(write_onnx, graph, weights, images, folder / ONNX)
+        (folder / TORCHSCRIPT).write_bytes(compose_torchscript(templates.torchscript, members))
+        torchscript_output = run_torchscript(folder / TORCHSCRIPT, images)
+        differences = {TORCHSCRIPT: check_parity(TORCHSCRIPT, torchscript_output, expected.result())}
+        differences[ONNX] = check_parity(ONNX, onnx_output.result(), expected.result())
+    return differences
+
+
+def alike(ensemble: Ensemble) -> None:
+    """Refuse models of different architectures or weight shapes: the files lay out one model's graph for each."""
+    shapes = [{name: tuple(tensor.shape) for name, tensor in model.state_dict().items()} for model in ensemble.models]
+    if len(set(ensemble.names)) > 1 or any(shape != shapes[0] for shape in shapes):
+        raise UserError(
+            f"the models {[str(p) for p in ensemble.paths]} differ in architecture ({sorted(set(ensemble.names))}) "
+            "or in the shapes of their weights; export takes models trained by one run of the pipeline."
+        )
+
+
 def write_exports(
     ensemble: Ensemble, images: torch.Tensor, threshold: float, out_dir: Path
-) -> tuple[dict[str, Any], dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, float], str]:
     """model.ts, model.onnx and export.json in out_dir, all or nothing: nothing is written if parity fails; the
-    summary written, and each file's largest difference from PyTorch."""
-    module = Probabilities(ensemble).eval()
-    with torch.inference_mode():
-        expected = module(images).numpy()
-    example = torch.rand(EXAMPLE_BATCH, *images.shape[1:], generator=torch.Generator().manual_seed(0))
+    summary written, each file's largest difference from PyTorch, and where the templates came from: `cached`,
+    `built` (none cached), or why the cached ones were rebuilt."""
+    alike(ensemble)
+    facts = export_cache.structure(ensemble, EXAMPLE_BATCH)
+    key = export_cache.template_key(facts)
+    templates, found = export_cache.load(key)
     with atomic_dir(out_dir) as tmp:
-        # TorchScript is checked before the ONNX export, which takes far longer: a refusal comes early.
-        export_torchscript(module, example, tmp / TORCHSCRIPT)
-        differences = {TORCHSCRIPT: check_parity(TORCHSCRIPT, run_torchscript(tmp / TORCHSCRIPT, images), expected)}
-        export_onnx(module, example, tmp / ONNX)
-        differences[ONNX] = check_parity(ONNX, run_onnx(tmp / ONNX, images), expected)
+        differences = None
+        if templates is not None:
+            try:
+                differences = write_checked(templates, ensemble, images, tmp)
+            except Exception as err:  # a cache entry is only a shortcut: build the templates again rather than fail
+                found = f"rebuilt: the cached ones failed ({type(err).__name__}: {str(err)[:200]})"
+                export_cache.discard(key)
+        elif found != "none":
+            found = f"rebuilt: the cached ones were {found}"
+        if differences is None:
+            templates = build_templates(ensemble, images.shape[1:])
+            differences = write_checked(templates, ensemble, images, tmp)  # raises before anything is cached
+            export_cache.store(key, templates, facts)
+            found = "built" if found == "none" else found
         summary = describe(ensemble, threshold, len(images), tmp)
         write_text_atomic(tmp / EXPORT_SUMMARY, json.dumps(summary, indent=2) + "\n")
-    return summary, differences
+    return summary, differences, found

@@ -26,7 +26,7 @@ from PIL import Image
 from burrscope.classes import decide, prob_column
 from burrscope.errors import DataError
 from burrscope.inference.ensemble import BATCH, preprocess
-from burrscope.inference.export import INPUT, load_torchscript
+from burrscope.inference.torchscript import INPUT, load_torchscript
 from burrscope.tables import EXPORT_SUMMARY, TORCHSCRIPT
 
 EXAMPLE_PX = 64  # side of the small raw PNGs that serve as the MLflow input example
