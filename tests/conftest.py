@@ -2,8 +2,9 @@
 
 Markers (registered in pyproject.toml): a module or test that runs DVC or Snakemake end to end is marked `e2e`,
 one that runs a command line (`python -m stages.<name>` or its main(), `mlflow ui`) is marked `cli`, both by
-hand, and one that starts system services `cluster`; every other test is `unit`, added below. So `pytest -m unit`
-is the quick in-process suite and `pytest -m "not e2e"` everything but the minutes-long pipeline runs.
+hand, one that starts system services `cluster`, and the fault campaign's `faults`; every other test is `unit`,
+added below. So `pytest -m unit` is the quick in-process suite and `pytest -m "not e2e and not faults"`
+everything but the minutes-long pipeline runs.
 
 The services come up once per test session through the repository's own scripts (which install their Debian
 packages when missing), and only as root; without root the `cluster` tests are skipped with one line that says how
@@ -43,7 +44,7 @@ ROOT_NEEDED = (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if not any(item.get_closest_marker(name) for name in ("cli", "e2e", "cluster")):
+        if not any(item.get_closest_marker(name) for name in ("cli", "e2e", "cluster", "faults")):
             item.add_marker(pytest.mark.unit)
 
 

@@ -1,0 +1,74 @@
+"""Fault 3: two experiments run at once by `dvc queue start -j 2`, sharing the feature cache, against the same two
+run one after the other."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from faultkit.kills import progress
+from faultkit.lab import DVC, Lab, environment, git
+from faultkit.outcome import Tally, Trial, snapshot
+
+# Two experiments that share the frozen trunk's features (only what trains after it differs).
+EXPERIMENTS = {"faults-a": "lr=0.002", "faults-b": "lr=0.0005"}
+
+
+def queue_status(lab: Lab, root: Path) -> dict[str, str]:
+    """Each experiment's status in `dvc queue status` (Queued, Running, Success, Failed)."""
+    shown = subprocess.run(["dvc", "queue", "status"], cwd=root, env=environment(), capture_output=True, text=True)
+    found = {}
+    for line in shown.stdout.splitlines():
+        for name in EXPERIMENTS:
+            if f" {name} " in f" {line} ":
+                found[name] = next((w for w in ("Running", "Queued", "Success", "Failed") if w in line), "?")
+    return found
+
+
+def queued_run(lab: Lab, name: str, jobs: int) -> tuple[Path, int, bool]:
+    """Both experiments queued in a committed copy of the uninterrupted run, without its feature cache, and run by
+    `dvc queue start -j jobs`; the copy, the most that ran at once, and whether both succeeded."""
+    root = lab.trial(name, source=lab.baseline(DVC).root)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "the uninterrupted run's results")
+    shutil.rmtree(root / ".burrscope-cache", ignore_errors=True)
+    target = [lab.plan.target] if lab.plan.target else []  # as far as the uninterrupted run went
+    for experiment, setting in EXPERIMENTS.items():
+        lab.run(["dvc", "exp", "run", "--queue", "-n", experiment, "-S", setting, *target], root)
+    lab.run(["dvc", "queue", "start", "-j", str(jobs)], root)
+    most, status = 0, {}
+    deadline = time.monotonic() + 20 * lab.baseline(DVC).run.seconds
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        status = queue_status(lab, root)
+        most = max(most, list(status.values()).count("Running"))
+        if len(status) == len(EXPERIMENTS) and not {"Running", "Queued"} & set(status.values()):
+            break
+    return root, most, set(status.values()) == {"Success"} and len(status) == len(EXPERIMENTS)
+
+
+def queued_experiments(lab: Lab) -> Tally:
+    """Two experiments at once (`-j 2`) must give what the same two give one after the other (`-j 1`)."""
+    tally = Tally("dvc queue start -j 2")
+    alone_root, _, alone_ok = queued_run(lab, "queue-j1", 1)
+    alone = {}
+    for experiment in EXPERIMENTS:
+        lab.run(["dvc", "exp", "apply", experiment], alone_root)
+        alone[experiment] = snapshot(alone_root)
+    root, most, together_ok = queued_run(lab, "queue-j2", 2)
+    found, stuck = [], []
+    for experiment in EXPERIMENTS:
+        lab.run(["dvc", "exp", "apply", experiment], root)
+        trial = lab.judge(root, tool=DVC, injected=True, recovered=together_ok, baseline=alone[experiment])
+        found += [f"{experiment}: {difference}" for difference in trial.differences]
+        stuck = trial.stuck
+    notes = [] if most >= 2 else ["the two experiments never ran at the same time"]
+    notes += [] if alone_ok else ["the experiments one after the other failed"]
+    tally.trials.append(Trial(most >= 2, together_ok and alone_ok, found, stuck, notes))
+    tally.notes += notes
+    progress(f"queue: at most {most} at once; {'identical' if not found else 'DIFFERENT: ' + ', '.join(found[:5])}")
+    lab.discard(alone_root)
+    lab.discard(root)
+    return tally

@@ -1,0 +1,171 @@
+"""Fault 7: the MLflow server of scripts/mlflow_server.sh (PostgreSQL behind it) killed at a seeded moment while
+the folds train, and restarted; the folds' outputs must survive and the rerun record complete runs."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from workspace import REPO, set_params
+
+from faultkit.kills import progress
+from faultkit.lab import DVC, Lab, environment
+from faultkit.outcome import Tally, snapshot
+from faultkit.procs import DVC_STAGE, Finished, Lines
+
+STATE = Path(os.environ.get("BURRSCOPE_MLFLOW_STATE", "/var/lib/burrscope-mlflow"))  # scripts/mlflow_server.sh's
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_script(action: str, port: int) -> None:
+    script = REPO / "scripts" / "mlflow_server.sh"
+    subprocess.run(
+        ["bash", str(script), action, str(port)], cwd=REPO, env=environment(), check=True, capture_output=True
+    )
+
+
+@contextlib.contextmanager
+def mlflow_server() -> Iterator[int]:
+    """A server of scripts/mlflow_server.sh on a free port, stopped afterwards; its port."""
+    port = free_port()
+    server_script("start", port)
+    try:
+        yield port
+    finally:
+        server_script("stop", port)
+
+
+def kill_server(port: int) -> None:
+    """SIGKILL the server and its workers (the script starts it in a session of its own)."""
+    pid = int((STATE / f"mlflow-{port}.pid").read_text().strip())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def fold_moment(baseline: Finished, draw: float) -> tuple[str, float]:
+    """A moment while the folds train, as (train stage, seconds after it starts): `draw` in [0, 1) of the folds'
+    time in the uninterrupted run. Counted from the stage's start in the faulty run, whose pace differs."""
+    marks = [*baseline.marks(DVC_STAGE), ("end", baseline.seconds)]
+    folds = [(name, end - start) for (name, start), (_, end) in itertools.pairwise(marks) if name.startswith("train@")]
+    left = draw * sum(seconds for _, seconds in folds)
+    for name, seconds in folds:
+        if left < seconds:
+            return name, left
+        left -= seconds
+    return folds[-1]
+
+
+def finished_stages(run: Finished) -> set[str]:
+    """The stages a (possibly failed) `dvc repro` completed: each but the last it started, and the last if it
+    succeeded."""
+    names = [name for name, _ in run.marks(DVC_STAGE)]
+    return set(names if run.returncode == 0 else names[:-1])
+
+
+FOLD_ARTIFACTS = {"model.pt", "history.csv", "predictions.csv"}  # what a fold's run logs
+
+
+def incomplete_runs(uri: str, experiment: str, params: dict[str, Any], *, export: bool) -> list[str]:
+    """What the latest pipeline run in the experiment lacks: a FINISHED parent with the pooled metrics, per fold a
+    FINISHED run with every epoch's scores and its artifacts, and (with `export`) a FINISHED export run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=5000)
+    parents = sorted((r for r in runs if "burrscope_pipeline_key" in r.data.tags), key=lambda r: r.info.start_time)
+    if not parents:
+        return ["no parent run"]
+    parent = parents[-1]
+    problems = [] if parent.info.status == "FINISHED" and "oof_accuracy" in parent.data.metrics else ["parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    done = [r for r in children if r.info.status == "FINISHED"]
+    for fold in map(str, params["split"]["fold_ids"]):
+        complete = [
+            r
+            for r in done
+            if r.data.tags.get("fold") == fold
+            and len(client.get_metric_history(r.info.run_id, "val_loss")) == params["epochs"]
+            and {a.path for a in client.list_artifacts(r.info.run_id)} >= FOLD_ARTIFACTS
+        ]
+        problems += [] if complete else [f"fold {fold}"]
+    if export and not any(r.info.run_name == "export" for r in done):
+        problems.append("export")
+    return problems
+
+
+def run_with_outage(
+    lab: Lab, root: Path, port: int, *, moment: tuple[str, float], outage: float
+) -> tuple[Finished, bool]:
+    """`dvc repro` in `root` with the server killed `moment[1]` seconds into stage `moment[0]` and started again
+    `outage` seconds later (or once the run ends, if sooner); its end, and whether the server was killed."""
+    env = environment(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    stage, offset = moment
+    events: dict[str, float] = {}
+
+    def inject(elapsed: float, lines: Lines) -> None:
+        started = [at for at, line in lines if f"Running stage '{stage}'" in line]
+        if "killed" not in events and started and elapsed >= started[0] + offset:
+            kill_server(port)
+            events["killed"] = elapsed
+        elif "killed" in events and "restarted" not in events and elapsed >= events["killed"] + outage:
+            server_script("start", port)
+            events["restarted"] = elapsed
+
+    first = lab.run(lab.command(DVC), root, env=env, during=inject)
+    if "killed" in events and "restarted" not in events:
+        server_script("start", port)
+    return first, "killed" in events
+
+
+def server_killed(lab: Lab) -> Tally:
+    """Against a server of its own: an uninterrupted run, then one whose server is killed at a seeded moment while
+    the folds train and started again a seeded 1 to 5 s later (the restart itself takes tens of seconds), then
+    `dvc repro` again."""
+    tally = Tally("MLflow server killed and restarted")
+    if os.geteuid() != 0:
+        tally.notes.append("skipped: scripts/mlflow_server.sh needs root")
+        return tally
+    name = f"burrscope-faults-{uuid.uuid4().hex[:8]}"  # runs of its own in the server's shared database
+    with mlflow_server() as port:
+        uri = f"http://127.0.0.1:{port}"
+        env = environment(MLFLOW_TRACKING_URI=uri)
+        roots = [lab.trial("server-baseline"), lab.trial("server-killed")]
+        for root in roots:
+            set_params(root, {"mlflow.experiment": name, "mlflow.registered_model": name})
+        baseline = lab.run(lab.command(DVC), roots[0], env=env)
+        rng = lab.plan.rng("mlflow-server")
+        moment, outage = fold_moment(baseline, rng.random()), rng.uniform(1, 5)
+        first, injected = run_with_outage(lab, roots[1], port, moment=moment, outage=outage)
+        rerun = lab.run(lab.command(DVC), roots[1], env=env)
+        rerun_stages = {stage for stage, _ in rerun.marks(DVC_STAGE)}
+        lost = sorted(s for s in finished_stages(first) if s.startswith("train@") and s in rerun_stages)
+        params = yaml.safe_load((roots[1] / "params.yaml").read_text())
+        missing = incomplete_runs(uri, name, params, export=lab.plan.target is None)
+        notes = [f"trained again: {', '.join(lost)}"] * bool(lost)
+        notes += [f"incomplete runs: {', '.join(missing)}"] * bool(missing)
+        ok = rerun.returncode == 0 and not lost and not missing
+        expected = snapshot(roots[0])
+        trial = lab.judge(roots[1], tool=DVC, injected=injected, recovered=ok, baseline=expected, uri=uri, notes=notes)
+    progress(
+        f"MLflow server killed {moment[1]:.1f} s into {moment[0]}, down {outage:.1f} s and a restart: first run exit "
+        f"{first.returncode}, rerun exit {rerun.returncode}; {'; '.join(notes) or 'complete runs'}"
+    )
+    tally.trials.append(trial)
+    tally.notes += notes
+    for root in roots:
+        lab.discard(root)
+    return tally
