@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -328,3 +330,18 @@ def test_parity_refuses_a_file_that_returns_another_shape() -> None:
     """A file that kept the example's batch size, or mixed the images of a batch, returns other rows."""
     with pytest.raises(export_module.ExportError, match=r"model.onnx returns \(3, 2\) probabilities for 2"):
         export_module.check_parity(ONNX, np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32))
+
+
+def test_a_full_disk_costs_the_export_cache_its_entry_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache is a shortcut: a write that fills the disk is a warning, and the export goes on."""
+    monkeypatch.setenv(export_cache.CACHE_ENV, str(tmp_path))
+
+    def full(path: Path, _: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    export_cache.store("key", export_cache.Templates(b"graph", b"graph"), {})
+    assert "warning: could not cache the export templates" in capsys.readouterr().out
+    assert not any((tmp_path / "export").iterdir())

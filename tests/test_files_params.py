@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -11,7 +12,8 @@ import yaml
 from helpers import REPO
 
 from burrscope.classes import class_order, prob_column
-from burrscope.files import atomic_dir, atomic_path, sha256_file, write_text_atomic
+from burrscope.errors import OutOfSpace, user_errors
+from burrscope.files import CorruptFile, atomic_dir, atomic_path, seal, sha256_file, unseal, write_text_atomic
 from burrscope.params import TRAINING_KEYS, Augment, Params, ParamsError, Recipe, load_params, lookup, validate_params
 
 
@@ -63,6 +65,68 @@ def test_atomic_dir_replaces_the_whole_folder_or_nothing(tmp_path: Path) -> None
         (folder / "new.png").write_text("done")
     assert [p.name for p in target.iterdir()] == ["new.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_the_temps_a_killed_write_left_are_removed_by_the_next_write_of_its_target(tmp_path: Path) -> None:
+    """A SIGKILL mid-write skips every cleanup: what it left must not outlive the rerun, nor count in DVC's hash of
+    a folder that depends on it (results/train)."""
+    (tmp_path / ".model.pt.k1ll3d.tmp").write_bytes(b"half a model")
+    (tmp_path / ".images.k1ll3d.tmp").mkdir()
+    (tmp_path / ".images.k1ll3d.tmp" / "a.png").write_bytes(b"half the images")
+    (tmp_path / ".other.pt.k1ll3d.tmp").write_bytes(b"another target's, left alone")
+    write_text_atomic(tmp_path / "model.pt", "whole")
+    with atomic_dir(tmp_path / "images") as folder:
+        (folder / "a.png").write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.k1ll3d.tmp", "images", "model.pt"]
+
+
+@pytest.mark.parametrize("how", ["OSError", "torch"])
+def test_a_full_disk_is_one_error_naming_the_file_and_leaves_nothing(
+    tmp_path: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    target = tmp_path / "results" / "model.pt"
+
+    def write() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            if how == "OSError":
+                raise full
+            try:  # torch's C++ zip writer reports Python's OSError as a RuntimeError of its own
+                raise full
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+    with pytest.raises(OutOfSpace, match=f"^{target}: no space left on the device holding "):
+        write()
+    assert list(target.parent.iterdir()) == []
+    with pytest.raises(SystemExit) as stopped, user_errors():
+        write()
+    assert str(stopped.value.code).startswith(f"error: {target}: no space left")
+    assert str(stopped.value.code).endswith("Free some space and run the stage again")
+    with pytest.raises(SystemExit) as stopped, user_errors(), atomic_dir(tmp_path / "images") as folder:
+        (folder / "a.png").write_bytes(b"half")
+        raise full
+    assert "images: no space left" in str(stopped.value.code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+    with pytest.raises(SystemExit) as stopped, user_errors():  # a write outside the atomic helpers
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "logs/x.json")
+    assert stopped.value.code == (
+        "error: no space left on the device writing logs/x.json (No space left on device); free some space and run "
+        "the stage again"
+    )
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_sealed_file_refuses_truncated_or_changed_bytes(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 4
+    sealed = seal(payload)
+    assert unseal(sealed, tmp_path / "x") == payload
+    flipped = bytearray(sealed)
+    flipped[len(sealed) // 2] ^= 1
+    for broken, why in [(sealed[:-10], "do not match"), (bytes(flipped), "do not match"), (payload, "not a sealed")]:
+        with pytest.raises(CorruptFile, match=why):
+            unseal(broken, tmp_path / "x")
 
 
 def test_sha256_file(tmp_path: Path) -> None:
