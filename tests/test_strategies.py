@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 from conftest import Notch
+from faultkit.storage import flip_a_tensor_byte  # benchmarks/ is on the path (pyproject.toml)
 from sklearn.linear_model import LogisticRegression
 
 from burrscope.errors import UserError
@@ -26,6 +27,7 @@ from burrscope.training import features, probe
 from burrscope.training.fold import train_fold
 from burrscope.training.loop import balanced_weights, image_logits
 from burrscope.training.outputs import write_fold_outputs
+from burrscope.training.resume import load_sealed
 from burrscope.training.strategies import PooledFeatures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,7 +102,9 @@ def test_balanced_class_weights_make_every_class_weigh_the_same() -> None:
     assert torch.allclose(weights * counts, torch.full((2,), 2.0))
 
 
-def test_frozen_features_are_computed_once_then_loaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_frozen_features_are_computed_once_then_loaded_and_a_corrupt_entry_never_trusted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv(features.CACHE_ENV, str(tmp_path))
     calls = []
     real = features.compute
@@ -116,14 +120,17 @@ def test_frozen_features_are_computed_once_then_loaded(monkeypatch: pytest.Monke
     features.frozen_features(trunk, images.flip(0), normalisation, tta_views(True), runtime=runtime)
     features.frozen_features(trunk, images, normalisation, tta_views(False), runtime=runtime)
     assert len(calls) == 3  # other images, other views: other entries
-    (entry,) = [
-        p
-        for p in (tmp_path / "features").glob("*.pt")
-        if torch.load(p).shape[0] == 8 and torch.equal(torch.load(p), first)
-    ]
-    entry.write_bytes(b"half-written")
+    (entry,) = [p for p in (tmp_path / "features").glob("*.pt") if torch.equal(load_sealed(p, "cpu"), first)]
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # truncated
     assert torch.equal(features.frozen_features(trunk, images, normalisation, tta_views(True), runtime=runtime), first)
     assert len(calls) == 4  # a broken entry is recomputed, never trusted
+    flip_a_tensor_byte(entry)  # corrupted: still a torch file that loads
+    capsys.readouterr()
+    assert torch.equal(features.frozen_features(trunk, images, normalisation, tta_views(True), runtime=runtime), first)
+    assert len(calls) == 5
+    warned = f"warning: ignoring the feature cache entry {entry}: its bytes do not match the sha256 written with them"
+    assert warned in capsys.readouterr().err
+    assert torch.equal(load_sealed(entry, "cpu"), first)  # and replaced
 
 
 def test_folds_whose_heads_differ_share_one_pooled_feature_entry(

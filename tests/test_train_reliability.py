@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from faultkit.storage import flip_a_tensor_byte  # benchmarks/ is on the path (pyproject.toml)
 from helpers import REPO
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -28,7 +29,7 @@ from burrscope.tracking.fold_run import FoldRun
 from burrscope.tracking.store import TrackingUnavailable
 from burrscope.training.fold import train_fold
 from burrscope.training.outputs import fold_metrics
-from burrscope.training.resume import fingerprint
+from burrscope.training.resume import fingerprint, load_sealed
 from burrscope.training.setup import configure_determinism
 from stages import train as train_stage
 
@@ -70,7 +71,7 @@ def test_a_fold_interrupted_after_epoch_k_resumes_to_the_uninterrupted_result(
 
     with pytest.raises(Interrupted):
         train_fold(images, folds, 1, recipe, on_epoch=crash_after_epoch_2, checkpoint=checkpoint)
-    saved = torch.load(checkpoint, weights_only=True)  # plain tensors and containers only
+    saved = load_sealed(checkpoint, "cpu")  # plain tensors and containers only (weights_only)
     assert saved["epoch"] == 2 and len(saved["history"]) == 2
     assert (saved["best"] is not None) == (keep == "best")
 
@@ -92,7 +93,7 @@ def test_a_checkpoint_made_from_other_params_or_images_is_ignored(
     recipe = three_folds().recipe
     checkpoint = tmp_path / CHECKPOINT
     train_fold(images_dir, folds, 0, recipe, checkpoint=checkpoint)
-    made = torch.load(checkpoint, weights_only=True)["fingerprint"]
+    made = load_sealed(checkpoint, "cpu")["fingerprint"]
     device = torch.device("cpu")
     images = [load_images(images_dir, list(folds["file"]))]
     assert fingerprint(recipe, folds, 0, device, images=images) != made  # other images
@@ -103,16 +104,41 @@ def test_a_checkpoint_made_from_other_params_or_images_is_ignored(
     capsys.readouterr()
     other = dataclasses.replace(recipe, lr=recipe.lr * 2)
     result = train_fold(images_dir, folds, 0, other, checkpoint=checkpoint)
-    assert "made with other params, folds, images or code; training from the start" in capsys.readouterr().out
+    assert "made with other params, folds, images or code; training from the start" in capsys.readouterr().err
     assert result.resumed_from == 0
-    assert torch.load(checkpoint, weights_only=True)["fingerprint"] != made  # replaced by this run's own
+    assert load_sealed(checkpoint, "cpu")["fingerprint"] != made  # replaced by this run's own
 
     checkpoint.write_bytes(b"not a checkpoint")
     (tmp_path / f".{CHECKPOINT}.x1y2.tmp").write_bytes(b"left by a kill mid-save")
     result = train_fold(images_dir, folds, 0, recipe, checkpoint=checkpoint)
-    assert "cannot be read" in capsys.readouterr().out
+    assert f"warning: ignoring {checkpoint}: not a sealed file" in capsys.readouterr().err
     assert result.resumed_from == 0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_checkpoint_corrupted_on_disk_is_named_in_a_warning_and_never_resumed(
+    notch: Notch, three_folds: Callable[..., Params], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bytes changed inside a saved tensor still load (torch checks no checksum): the checkpoint's digest catches
+    them, and the fold trains from the start to exactly the uninterrupted result."""
+    images_dir, folds = notch
+    recipe = three_folds(epochs=2).recipe
+    reference = train_fold(images_dir, folds, 0, recipe)
+    checkpoint = tmp_path / CHECKPOINT
+
+    def crash_after_epoch_1(epoch: int, _: dict) -> None:
+        if epoch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_fold(images_dir, folds, 0, recipe, on_epoch=crash_after_epoch_1, checkpoint=checkpoint)
+    flip_a_tensor_byte(checkpoint)
+    capsys.readouterr()
+    result = train_fold(images_dir, folds, 0, recipe, checkpoint=checkpoint)
+    assert f"warning: ignoring {checkpoint}: its bytes do not match the sha256" in capsys.readouterr().err
+    assert result.resumed_from == 0
+    assert torch.equal(result.probabilities, reference.probabilities)
+    assert_same_weights(result.state_dict, reference.state_dict)
 
 
 @pytest.fixture
@@ -315,7 +341,7 @@ def test_a_fold_killed_mid_training_resumes_on_rerun_to_the_same_result(project:
     proc.kill()  # SIGKILL; nothing if it has already finished, which the assertion below reports
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the fold finished before it could be killed"
-    epoch = torch.load(checkpoint, weights_only=True)["epoch"]
+    epoch = load_sealed(checkpoint, "cpu")["epoch"]
     assert 1 <= epoch < 4
     assert not any((out / name).exists() for name in OUTPUTS)  # nothing DVC or Snakemake would take as done
 

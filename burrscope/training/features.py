@@ -6,7 +6,8 @@ every experiment that changes only what trains after it, so the first process to
 all the fold table's images and the others load them. The cache key hashes everything the outputs depend on:
 the images, the frozen part's weights and code, the views, the device, precision and CPU numerics, torch's
 version. Entries are written whole (atomically) under a file lock, so folds running side by side compute them
-once. They live in <workspace>/.burrscope-cache/ (or $BURRSCOPE_CACHE); deleting it costs only time.
+once, and sealed with their digest: an entry truncated or corrupted on disk is named in a warning and computed
+again, never used. They live in <workspace>/.burrscope-cache/ (or $BURRSCOPE_CACHE); deleting it costs only time.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from burrscope.files import atomic_path, workspace_root
+from burrscope.files import CorruptFile, workspace_root
 from burrscope.models.device import Runtime
 from burrscope.models.factory import Normalisation
 from burrscope.models.symmetries import View, apply_view
-from burrscope.training.resume import training_code_digest
+from burrscope.training.resume import load_sealed, save_sealed, training_code_digest, warn
 
 CACHE_ENV = "BURRSCOPE_CACHE"
 
@@ -84,10 +85,14 @@ def frozen_features(
     with FileLock(f"{path}.lock"):
         if path.is_file():
             try:
-                return torch.load(path, map_location=runtime.device, weights_only=True)
+                return load_sealed(path, runtime.device)
+            except CorruptFile as err:
+                warn(f"ignoring the feature cache entry {err}; computing the frozen features again")
             except Exception as err:  # a cache entry is only a shortcut: recompute rather than fail
-                print(f"ignoring {path} ({type(err).__name__}); computing the frozen features again", flush=True)
+                warn(
+                    f"ignoring the feature cache entry {path}: it cannot be read ({type(err).__name__}); computing "
+                    "the frozen features again"
+                )
         features = compute(frozen, images, normalisation, variants, runtime=runtime)
-        with atomic_path(path) as tmp, tmp.open("wb") as stream:
-            torch.save(features.cpu(), stream)
+        save_sealed(features.cpu(), path)
         return features

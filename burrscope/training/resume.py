@@ -7,7 +7,9 @@ images and training code, and then ends exactly as an uninterrupted run would on
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from burrscope.files import atomic_path
+from burrscope.files import CorruptFile, atomic_path, remove_stale_temps, seal, unseal
 from burrscope.params import Recipe
 from burrscope.pipeline.codegraph import PROJECT_ROOT, code_files
 from burrscope.tables import FOLD_COLUMNS
@@ -46,29 +48,46 @@ def fingerprint(
     return digest.hexdigest()
 
 
+def save_sealed(value: Any, path: Path) -> None:
+    """torch.save `value` to `path` atomically, sealed with its digest (files.seal): a checkpoint or a cache entry
+    corrupted on disk later is detected instead of loaded (torch's zip reader checks no checksum)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(seal(buffer.getvalue()))
+
+
+def load_sealed(path: Path, map_location: str | torch.device) -> Any:
+    """What save_sealed wrote to `path`; CorruptFile if its bytes changed since."""
+    payload = unseal(path.read_bytes(), path)
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def load_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it can be resumed from; otherwise None, saying why it is ignored."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a kill mid-save; one writer per fold
-        stale.unlink(missing_ok=True)
+    """The checkpoint at `path` if it can be resumed from; otherwise None, with a warning saying why it is ignored."""
+    remove_stale_temps(path)  # left by a kill mid-save; one writer per fold
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_sealed(path, "cpu")
+    except CorruptFile as err:
+        warn(f"ignoring {err}; training from the start")
+        return None
     except Exception as err:  # a checkpoint is only ever a shortcut: never let a bad one stop training
-        print(f"ignoring {path}: it cannot be read ({type(err).__name__}); training from the start", flush=True)
+        warn(f"ignoring {path}: it cannot be read ({type(err).__name__}); training from the start")
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != expected:
-        print(
-            f"ignoring {path}: it was made with other params, folds, images or code; training from the start",
-            flush=True,
-        )
+        warn(f"ignoring {path}: it was made with other params, folds, images or code; training from the start")
         return None
     return state
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_sealed(state, path)
 
 
 @dataclass
