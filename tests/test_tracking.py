@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import with_lr, with_registered_model
+from helpers import free_port, with_lr, with_registered_model
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from burrscope.models.factory import Weights
@@ -17,6 +21,7 @@ from burrscope.tracking.parent_run import log_aggregate
 from burrscope.tracking.registry import log_export
 from burrscope.tracking.store import (
     PARENT_RUN_TAG,
+    Recorder,
     flatten,
     pipeline_key,
     run_params,
@@ -149,6 +154,9 @@ def test_aggregate_with_an_unreachable_store_reports_the_failure_without_raising
     tracked_workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    # Logging rides out a server restart (a minute of retries, store.LOGGING_LIMITS); a user's own setting wins,
+    # and this test needs only the outcome.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     parent, status = log_aggregate(params, tracked_workspace / "folds.csv", {"x": 1.0}, [])
     assert parent is None
     assert status.startswith("failed: logging the cross-validated summary: MLflow tracking at http://127.0.0.1:9 is")
@@ -181,6 +189,9 @@ def test_export_to_an_unreachable_store_is_a_recorded_failure(
     tracked_workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    # Logging rides out a server restart (a minute of retries, store.LOGGING_LIMITS); a user's own setting wins,
+    # and this test needs only the outcome.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     outcome = log_export(
         with_registered_model(params, "burrscope-test"), tracked_workspace / "folds.csv", model={}, tags={}
     )
@@ -189,3 +200,100 @@ def test_export_to_an_unreachable_store_is_a_recorded_failure(
     assert "fix MLFLOW_TRACKING_URI" in outcome["status"] and "run_id" not in outcome
     assert outcome["registered_model"] == "burrscope-test"
     assert "warning: MLflow failed" in capsys.readouterr().err
+
+
+def test_a_killed_exports_run_is_closed_by_the_export_that_reruns(tracked_workspace: Path, params: Params) -> None:
+    """SIGKILL mid-export leaves its run RUNNING (no handler runs); the rerun marks it KILLED, saying why."""
+    folds_csv = tracked_workspace / "folds.csv"
+    with FoldRun(params, folds_csv, 0) as fold:
+        fold.finish(WEIGHTS, [])
+    log_aggregate(params, folds_csv, {}, [])
+    connection = fold.connection
+    killed = connection.create_run("export", "stages/export.py", {PARENT_RUN_TAG: parent_of(fold)}, [])
+    other = connection.create_run("export", "stages/export.py", {PARENT_RUN_TAG: "another pipeline run"}, [])
+    outcome = log_export(params, folds_csv, model={}, tags={})  # logging the model then fails: no model given
+    assert outcome["status"].startswith("failed: logging and registering the model")
+    client = MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
+    closed = client.get_run(killed)
+    assert closed.info.status == "KILLED" and "closed by its rerun" in closed.data.tags["burrscope.closed"]
+    assert client.get_run(other).info.status == "RUNNING"  # another pipeline run's export is not this one's to close
+    assert client.get_run(fold.run_id).info.status == "FINISHED"
+
+
+def test_a_store_whose_creation_was_killed_is_created_again(
+    tracked_workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow builds a new sqlite store through dozens of migrations, seconds in all: a fold killed meanwhile must
+    not leave a half-made mlflow.db that every later run fails to open ("table ... already exists")."""
+    import mlflow.store.db.utils as db_utils
+
+    real = db_utils._initialize_tables
+
+    def killed_midway(engine: object) -> None:
+        with engine.begin() as connection:  # the first tables exist, the rest never will
+            connection.exec_driver_sql("CREATE TABLE datasets (dataset_uuid VARCHAR(36))")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        FoldRun(params, tracked_workspace / "folds.csv", 0)
+    assert not (tracked_workspace / "mlflow.db").exists()
+    monkeypatch.setattr(db_utils, "_initialize_tables", real)
+    with FoldRun(params, tracked_workspace / "folds.csv", 0) as fold:
+        assert fold.finish(WEIGHTS, []) == "ok"
+    assert sorted(p.name for p in tracked_workspace.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_aggregate_closes_a_fold_run_its_stage_left_running(tracked_workspace: Path, params: Params) -> None:
+    """A fold whose store went away while it logged cannot close its run; aggregate, which starts only once every
+    fold's stage has ended, marks it FAILED, and leaves the final model's run (which may still train) alone."""
+    folds_csv = tracked_workspace / "folds.csv"
+    cut_off = FoldRun(params, folds_csv, 0)  # never finished nor closed: what the lost store left
+    with FoldRun(params, folds_csv, 1) as fold:
+        fold.finish(WEIGHTS, [])
+    final = FoldRun(params, folds_csv, "final")
+    parent, status = log_aggregate(params, folds_csv, {"cv_accuracy_mean": 0.9}, [])
+    assert status == "ok"
+    client = MlflowClient(f"sqlite:///{tracked_workspace / 'mlflow.db'}")
+    closed = client.get_run(cut_off.run_id)
+    assert closed.info.status == "FAILED" and "closed by aggregate" in closed.data.tags["burrscope.closed"]
+    assert client.get_run(fold.run_id).info.status == "FINISHED"
+    assert client.get_run(final.run_id).info.status == "RUNNING"
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_logging_rides_out_a_tracking_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server is down (connections refused) for 12 s, as a restart of scripts/mlflow_server.sh takes 30 s on a
+    busy machine: an epoch's metrics still reach it."""
+    for name in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    received: list[bytes] = []
+
+    class Tracking(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # MLflow's REST call: runs/log-batch
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    port = free_port()
+
+    def come_back() -> None:
+        time.sleep(12)
+        server = http.server.HTTPServer(("127.0.0.1", port), Tracking)
+        server.timeout = 60
+        server.handle_request()
+
+    threading.Thread(target=come_back, daemon=True).start()
+    recorder = Recorder("nothing")
+    client = MlflowClient(f"http://127.0.0.1:{port}")
+    recorder.attempt("logging epoch 1", lambda: client.log_batch("0" * 32, metrics=[Metric("val_loss", 0.5, 0, 1)]))
+    assert recorder.status == "ok" and received

@@ -23,6 +23,8 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+from burrscope.files import atomic_path
+
 SCHEME = "mlflow-artifacts"
 # What `mlflow ui` gives a new experiment (mlflow.store.tracking.DEFAULT_ARTIFACTS_URI), followed by its id.
 DEFAULT_ARTIFACT_ROOT = f"{SCHEME}:/"
@@ -61,12 +63,18 @@ def repository(
     return LocalArtifactRepository(destination.resolve().as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
-def create_store(tracking_uri: str) -> None:
-    """Create a new sqlite store as `mlflow ui` would: with its Default experiment's artifacts at
-    `mlflow-artifacts:/0`. A plain MlflowClient would record its own working directory's absolute ./mlruns there."""
+def create_store(database: Path) -> None:
+    """Create a new sqlite store at `database` as `mlflow ui` would: with its Default experiment's artifacts at
+    `mlflow-artifacts:/0`. A plain MlflowClient would record its own working directory's absolute ./mlruns there.
+
+    MLflow creates the tables through dozens of migrations, seconds in all; a process killed meanwhile would leave a
+    half-made file that every later run fails to open ("table ... already exists"). So the store is made under a
+    temp name and renamed into place whole: a kill leaves no store, and the next run creates it.
+    """
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    SqlAlchemyStore(tracking_uri, DEFAULT_ARTIFACT_ROOT)
+    with atomic_path(database) as tmp:
+        SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_ARTIFACT_ROOT).engine.dispose()
 
 
 def register() -> None:

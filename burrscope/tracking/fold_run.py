@@ -85,7 +85,7 @@ class FoldRun:
                     parent_inputs = [*labels, *fold_inputs(table, folds_csv, None, root)]
                     parent_id = self._parent(key, run_params(recipe, folds), cross_validation, parent_inputs)
                 # Only parents carry the pipeline key, so the search above never finds a fold.
-                self._close_killed_attempts(parent_id, label)
+                self.connection.close_killed_attempts(parent_id, "fold", label)
                 self.run_id = self.connection.create_run(
                     f"fold-{label}" if cross_validation else label,
                     SOURCE,
@@ -120,16 +120,6 @@ class FoldRun:
         parent_id = connection.create_run(name, SOURCE, {PIPELINE_KEY_TAG: key}, inputs, pipeline=True)
         connection.log_params(parent_id, params)
         return parent_id
-
-    def _close_killed_attempts(self, parent_id: str, fold: str) -> None:
-        """A fold killed outright (SIGKILL, power loss) leaves its run RUNNING; its rerun marks it KILLED.
-
-        DVC and Snakemake never run one fold of one pipeline run twice at once, so a RUNNING sibling is dead.
-        """
-        query = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' and tags.fold = '{fold}' and attributes.status = 'RUNNING'"
-        client = self.connection.client
-        for run in client.search_runs([self.connection.experiment_id], query):
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     @property
     def status(self) -> str:

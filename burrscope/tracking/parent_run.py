@@ -60,7 +60,8 @@ def log_aggregate(
     aggregate_dir: Path | None = None,
 ) -> tuple[str | None, str]:
     """Log the cross-validated summary (and, from `aggregate_dir`, decision_metrics) to this pipeline run's parent,
-    close it, and settle the registered versions exported from it; (the parent's run id, status).
+    close it (and any of its fold runs left RUNNING), and settle the registered versions exported from it; (the
+    parent's run id, status).
 
     Never raises: aggregate's outputs are written before this is called.
     """
@@ -71,6 +72,7 @@ def log_aggregate(
         parent_id = connection.latest_parent(pipeline_key(params.recipe, folds_csv))
         if parent_id is None:
             return None
+        connection.close_ended_folds(parent_id)
         values = {**metrics, **(decision_metrics(aggregate_dir) if aggregate_dir is not None else {})}
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in sorted(values.items()) if not math.isnan(float(v))]

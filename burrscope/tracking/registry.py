@@ -18,6 +18,8 @@ from burrscope.tracking.champion import EXPORT_RUN, PIPELINE_RUN_TAG, settle
 from burrscope.tracking.provenance import git_tags
 from burrscope.tracking.store import (
     PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    Connection,
     Recorder,
     connect,
     env_defaults,
@@ -92,6 +94,8 @@ def log_export(
     def log() -> None:
         connection = connect(params.mlflow.experiment)
         parent_id = connection.find_parent(pipeline_key(params.recipe, folds_csv), running_only=False)
+        if parent_id:  # an export killed outright left its run RUNNING
+            connection.close_killed_attempts(parent_id, RUN_NAME_TAG, EXPORT_RUN)
         run_tags = {**tags, **({PARENT_RUN_TAG: parent_id} if parent_id else {})}
         run_id = connection.create_run(EXPORT_RUN, SOURCE, run_tags, [])
         outcome.update(run_id=run_id, parent_run_id=parent_id)
@@ -102,14 +106,7 @@ def log_export(
         with env_defaults({"MLFLOW_TRACKING_URI": connection.uri}), mlflow.start_run(run_id=run_id):
             info = Model.log(None, PYFUNC_FLAVOR, registered_model, name="model", validate_serving_input=False, **model)
         version = str(info.registered_model_version)
-        commit = git_tags(str(connection.root)).get("mlflow.source.git.commit", "unknown")
-        facts = {**(card or {}), "folds": str(params.folds), "git_commit": commit}
-        if parent_id:  # else exported without a tracked pipeline run: no figures to describe or rank it by
-            facts[PIPELINE_RUN_TAG] = parent_id
-        for key, value in facts.items():
-            connection.client.set_model_version_tag(registered_model, version, key, value)
-        if parent_id:  # and the pipeline run names the version it made
-            connection.client.set_tag(parent_id, REGISTERED_VERSION_TAG, f"models:/{registered_model}/{version}")
+        tag_version(connection, params, version, parent_id=parent_id, card=card)
         outcome.update(
             model_uri=info.model_uri,
             version=info.registered_model_version,
@@ -120,6 +117,22 @@ def log_export(
     recorder.attempt("logging and registering the model", log)
     outcome["status"] = recorder.status
     return outcome
+
+
+def tag_version(
+    connection: Connection, params: Params, version: str, *, parent_id: str | None, card: Mapping[str, str] | None
+) -> None:
+    """Tag the registered `version` with the card's facts, the folds, the commit and its pipeline run, and tag the
+    pipeline run's parent with the version it made."""
+    registered_model = params.mlflow.registered_model
+    commit = git_tags(str(connection.root)).get("mlflow.source.git.commit", "unknown")
+    facts = {**(card or {}), "folds": str(params.folds), "git_commit": commit}
+    if parent_id:  # else exported without a tracked pipeline run: no figures to describe or rank it by
+        facts[PIPELINE_RUN_TAG] = parent_id
+    for key, value in facts.items():
+        connection.client.set_model_version_tag(registered_model, version, key, value)
+    if parent_id:  # and the pipeline run names the version it made
+        connection.client.set_tag(parent_id, REGISTERED_VERSION_TAG, f"models:/{registered_model}/{version}")
 
 
 def model_card(summary: Mapping[str, Any], params: Params) -> dict[str, str]:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-from mlflow.entities import DatasetInput, Param
+from mlflow.entities import DatasetInput, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from burrscope.errors import UserError
@@ -40,13 +40,17 @@ from burrscope.tracking.provenance import run_tags
 
 PIPELINE_KEY_TAG = "burrscope_pipeline_key"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+CLOSED_TAG = "burrscope.closed"  # why a run left RUNNING was closed by another process
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # a kind MLflow's UI knows
 BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
 # MLflow's own defaults (7 retries with exponential backoff, 120 s per request) spend minutes on a dead
-# server. The start-up probe tries once; epoch and artifact logging ride out a short blip. A user's own
+# server. The start-up probe tries once. Epoch and artifact logging ride out a server restart: 5 retries wait
+# 0 + 4 + 8 + 16 + 32 s (MLflow's backoff factor 2), a minute, where scripts/mlflow_server.sh restarts in 30 s on
+# a busy 2-core machine; a store down for longer costs each stage that minute once. A user's own
 # MLFLOW_HTTP_REQUEST_* settings win.
 PROBE_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-LOGGING_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+LOGGING_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 T = TypeVar("T")
 
 
@@ -152,6 +156,30 @@ class Connection:
         """The running parent with the key, else the latest closed one, else None."""
         return self.find_parent(key, running_only=True) or self.find_parent(key, running_only=False)
 
+    def close_killed_attempts(self, parent_id: str, tag: str, value: str) -> None:
+        """Mark KILLED the RUNNING runs under `parent_id` whose `tag` is `value`: what a stage killed outright
+        (SIGKILL, a time limit, power loss) leaves, closed by the stage's rerun, before it starts its own run.
+
+        DVC and Snakemake never run one stage of one pipeline run twice at once, so such a run is dead.
+        """
+        query = (
+            f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' and tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'"
+        )
+        for run in self.client.search_runs([self.experiment_id], query):
+            self.client.set_tag(run.info.run_id, CLOSED_TAG, "left RUNNING by a killed stage; closed by its rerun")
+            self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def close_ended_folds(self, parent_id: str) -> None:
+        """Mark FAILED the fold runs under `parent_id` still RUNNING when aggregate starts: every fold's stage has
+        ended by then, so such a run lost its store while logging and its stage could not close it either."""
+        query = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'"
+        for run in self.client.search_runs([self.experiment_id], query):
+            if run.data.tags.get("fold", "").isdigit():  # not the final model, which may train after aggregate
+                self.client.set_tag(
+                    run.info.run_id, CLOSED_TAG, "left RUNNING by its fold's stage; closed by aggregate"
+                )
+                self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+
     def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in sorted(params.items())]
         for start in range(0, len(items), BATCH_LIMIT):
@@ -191,7 +219,7 @@ def connect(experiment: str) -> Connection:
         # side by side would race to do it.
         with env_defaults(PROBE_LIMITS), workspace_lock(root):
             if default_store and not (root / "mlflow.db").exists():
-                artifact_store.create_store(uri)
+                artifact_store.create_store(root / "mlflow.db")
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(experiment)
             if found is not None:
