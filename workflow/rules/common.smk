@@ -4,6 +4,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # This file is workflow/rules/common.smk. The repository's own package, not an installed copy elsewhere,
@@ -23,6 +24,16 @@ validate(config, str(SCHEMA_PATH))
 
 # Folds share one GPU one at a time (profiles/default caps `gpu` at 1); CPU-only folds run side by side.
 GPU = 1 if config["train"]["device"] != "cpu" and shutil.which("nvidia-smi") else 0
+
+
+def all_cores():
+    """--cores, for rules whose threads follow it; 1 for a command that runs no job and takes no --cores, such as
+    `snakemake --unlock`, which Snakemake's own message prescribes after a kill (reading workflow.cores then fails).
+    """
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
 
 
 def inputs(stage):

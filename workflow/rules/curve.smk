@@ -11,7 +11,7 @@ rule curve_point:
         "logs/curve_point_{fraction}.log",
     conda:
         "../envs/burrscope.yaml"
-    threads: max(1, workflow.cores // max(1, len(config["curve"]["fractions"])))
+    threads: max(1, all_cores() // max(1, len(config["curve"]["fractions"])))
     resources:
         gpu=GPU,
     params:

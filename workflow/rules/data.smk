@@ -10,7 +10,7 @@ rule normalise:
         "logs/normalise.log",
     conda:
         "../envs/burrscope.yaml"
-    threads: workflow.cores  # the stage spreads its images over every core
+    threads: all_cores()  # the stage spreads its images over every core
     params:
         tracked=tracked("normalise"),
     message:
@@ -28,7 +28,7 @@ rule composite:
         "logs/composite.log",
     conda:
         "../envs/burrscope.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     params:
         tracked=tracked("composite"),
     message:
@@ -46,7 +46,7 @@ rule resize:
         "logs/resize.log",
     conda:
         "../envs/burrscope.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     params:
         tracked=tracked("resize"),
     message:

@@ -10,7 +10,7 @@ rule train:
         "logs/train_{fold}.log",
     conda:
         "../envs/burrscope.yaml"
-    threads: max(1, workflow.cores // len(config["split"]["fold_ids"]))
+    threads: max(1, all_cores() // len(config["split"]["fold_ids"]))
     resources:
         gpu=GPU,
     params:
@@ -30,7 +30,7 @@ rule final:
         "logs/final.log",
     conda:
         "../envs/burrscope.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=GPU,
     params:
