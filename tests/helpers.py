@@ -334,3 +334,8 @@ def snakemake_nodes(root: Path) -> dict[str, Node]:
             keys = frozenset(job.params.get("tracked", {}))
             nodes[name] = (LOG_SUFFIX.sub("", job.shellcmd), frozenset(job.input), frozenset(job.output), keys)
     return nodes
+
+
+def run_log(root: Path, name: str) -> dict[str, Any]:
+    """What a stage recorded of its run in root/logs/<name>.json (burrscope.runlog): seconds, MLflow's outcome."""
+    return json.loads((root / "logs" / f"{name}.json").read_text())

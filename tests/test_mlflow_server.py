@@ -9,7 +9,6 @@ while it is down.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import Server, make_project, run, user_env
+from helpers import Server, make_project, run, run_log, user_env
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -82,7 +81,7 @@ def test_five_folds_logging_at_once_lose_nothing(tracked: Tracked, tmp_path: Pat
     assert len(runs) == 1 + FOLDS + 1 and len(children) == FOLDS + 1  # the parent, the folds, the export
     for fold, child in folds.items():
         out = tracked.root / f"results/train/fold_{fold}"
-        assert json.loads((out / "metrics.json").read_text())["mlflow"] == "ok", fold
+        assert run_log(tracked.root, f"train/fold_{fold}")["mlflow"] == "ok", fold
         assert child.info.status == "FINISHED" and child.info.run_name == f"fold-{fold}"
         # Every param the parent carries, and the fold.
         assert child.data.params == {**parent.data.params, "fold": fold}
@@ -106,7 +105,7 @@ def test_the_exported_model_is_registered_in_the_server(
 ) -> None:
     import mlflow.artifacts
 
-    exported = json.loads((tracked.root / "results/export/export.json").read_text())["mlflow"]
+    exported = run_log(tracked.root, "export")["mlflow"]
     assert exported["status"] == "ok" and exported["tracking_uri"] == tracked.server.uri
     assert exported["registered_model_uri"] == f"models:/{tracked.registered_model}/1"
     versions = tracked.client.search_model_versions(f"name = '{tracked.registered_model}'")
@@ -161,13 +160,15 @@ def interrupted(tracked: Tracked) -> Interrupted:
     return Interrupted(subprocess.CompletedProcess(process.args, process.returncode, output, ""), out, logged)
 
 
-def test_stopping_the_server_mid_run_keeps_the_folds_outputs_and_says_so(interrupted: Interrupted) -> None:
+def test_stopping_the_server_mid_run_keeps_the_folds_outputs_and_says_so(
+    interrupted: Interrupted, tracked: Tracked
+) -> None:
     result = interrupted.result
     assert result.returncode == 0, result.stdout
     for name in ("model.pt", "history.csv", "predictions.csv"):
         assert (interrupted.out / name).is_file(), name
     assert len(pd.read_csv(interrupted.out / "history.csv")) == INTERRUPTED_EPOCHS  # training went on to the end
-    status = json.loads((interrupted.out / "metrics.json").read_text())["mlflow"]
+    status = run_log(tracked.root, f"train/{interrupted.out.name}")["mlflow"]
     # Epochs went to the server until it stopped; the first one after that is the recorded failure.
     failed_at = re.match(r"failed: logging epoch (\d+): ", status)
     assert failed_at and int(failed_at[1]) > interrupted.epochs_logged >= 2, status

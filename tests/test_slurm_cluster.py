@@ -35,6 +35,8 @@ JOBS = {
     "rule_explain_wildcards_0",
     "rule_explain_wildcards_1",
     "rule_aggregate",
+    "rule_audit",
+    "rule_curve",
     "rule_report",
     "rule_export",
 }

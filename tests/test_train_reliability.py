@@ -19,6 +19,7 @@ import torch
 import yaml
 from faultkit.storage import flip_a_tensor_byte  # benchmarks/ is on the path (pyproject.toml)
 from helpers import REPO
+from helpers import run_log as logged
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -251,7 +252,7 @@ def read_metrics(folder: Path) -> dict:
 
 def run_log(project: Path, out: str | Path) -> dict:
     """What the train stage recorded of its run in logs/ (seconds, MLflow's outcome, a resume)."""
-    return json.loads((project / "logs" / "train" / f"{Path(out).name}.json").read_text())
+    return logged(project, f"train/{Path(out).name}")
 
 
 def assert_same_fold(a: Path, b: Path) -> None:
