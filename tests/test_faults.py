@@ -1,7 +1,7 @@
 """Issue 21's fault campaign in small (benchmarks/faults.py; docs/reliability.md, "Faults at any moment"), and the
 recovery commands it relies on.
 
-The campaign runs on a tiny copy (6 demo images per class, 32 px, up to `aggregate`): two `dvc repro` kills, one
+The campaign runs on a tiny copy (4 demo images per class, 32 px, up to `aggregate`): two `dvc repro` kills, one
 `snakemake --cores 2` kill, and one of each other fault. As root it also fills a tmpfs and kills an MLflow server
 of scripts/mlflow_server.sh; without root those two are skipped (the campaign says so).
 """
@@ -18,7 +18,7 @@ from faultkit.outcome import Tally
 from faults import KINDS, campaign
 from helpers import REPO, copy_definition, run, user_env
 
-SMALL = Plan(kills=2, snakemake_kills=1, per_class=6, target="aggregate", settings=FAST | {"resize.img_size": 32})
+SMALL = Plan(kills=2, snakemake_kills=1, per_class=4, target="aggregate", settings=FAST | {"resize.img_size": 32})
 ROOT_ONLY = {"disk-full", "mlflow-server"}
 
 
