@@ -208,6 +208,14 @@ def test_snakemake_produces_the_same_outputs_and_reruns_only_what_changed(pipeli
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     plan = output(["snakemake", "--cores", "2", "--dry-run"], root, env)
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, flags=re.M))
-    expected = {"train": "2", "explain": "2", "aggregate": "1", "audit": "1", "curve": "1", "report": "1", "export": "1"}
+    expected = {
+        "train": "2",
+        "explain": "2",
+        "aggregate": "1",
+        "audit": "1",
+        "curve": "1",
+        "report": "1",
+        "export": "1",
+    }
     expected |= {"all": "1", "total": "10"}
     assert jobs == expected

@@ -432,6 +432,11 @@ def test_the_header_names_the_inputs_commit_its_date_and_the_dvc_experiment(
     git(tmp_path, "add", "dvc.lock")
     git(tmp_path, "commit", "-q", "-m", "results")
     assert report(tmp_path, committed) == page
+    # So does a commit of what the pipeline never reads, such as the docs.
+    (tmp_path / "NOTES.md").write_text("what the run showed\n")
+    git(tmp_path, "add", "NOTES.md")
+    git(tmp_path, "commit", "-q", "-m", "notes")
+    assert report(tmp_path, committed) == page
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text() + "\n")
     assert f"commit <code>{commit}+dirty</code>" in header(report(tmp_path, committed))
     assert not (tmp_path / "mlflow.db").exists()  # looking for a run never creates a store

@@ -11,13 +11,14 @@ Everything here is read-only and best effort: without git or MLflow the report s
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from burrscope.params import Params
-from burrscope.tracking.gitinfo import changed_files, inputs_commit
+from burrscope.tracking.gitinfo import inputs_changed, inputs_commit
 from burrscope.tracking.lookup import PipelineRunLink, pipeline_run_link, utc
 
 DEMO_IMAGES = Path("data/demo/images")  # where scripts/make_demo_data.py writes the demo's cut-outs
@@ -34,9 +35,10 @@ class Origin:
     demo: bool = False  # the images are the generated demo (scripts/make_demo_data.py), not photos
 
 
-def git_commit() -> tuple[str | None, str | None]:
-    """(short hash of the inputs' commit, with "+dirty" as MLflow's git tags count it; its date), or (None, None)."""
-    found, changed = inputs_commit("."), changed_files(".")
+def git_commit(data: Sequence[str]) -> tuple[str | None, str | None]:
+    """(short hash of the inputs' commit, with "+dirty" when what the pipeline reads differs from it; its date), or
+    (None, None). `data`: the paths of the photos and the labels CSV."""
+    found, changed = inputs_commit(".", data), inputs_changed(".", data)
     if not found or changed is None:  # no git, not a repository, no commit yet
         return None, None
     full, seconds = found
@@ -45,7 +47,7 @@ def git_commit() -> tuple[str | None, str | None]:
 
 def find_origin(params: Params, assignment: pd.DataFrame) -> Origin:
     """The origin of the outputs in the current directory, as the report stage sees it."""
-    commit, commit_date = git_commit()
+    commit, commit_date = git_commit([params.data.raw_dir, params.data.labels])
     experiment = os.environ.get("DVC_EXP_NAME") or None
     demo = Path(params.data.raw_dir) == DEMO_IMAGES
     return Origin(commit, commit_date, experiment, pipeline_run_link(params, assignment), demo)

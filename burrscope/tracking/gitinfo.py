@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 GIT_TIMEOUT_S = 10
@@ -10,6 +12,8 @@ GIT_TIMEOUT_S = 10
 # the code and data differ from their commit, since DVC rewrites them during the very run that asks.
 PIPELINE_OUTPUTS = ("dvc.lock", "results", "reports")
 WRITTEN_BY_DVC = ":(top,exclude,glob)**/.gitignore"
+# What every stage may read besides the data: the library, the stage commands, the pipeline's definition and params.
+PIPELINE_INPUTS = ("burrscope", "stages", "dvc.yaml", "params.yaml")
 
 
 def git(cwd: str, *args: str) -> str | None:
@@ -29,16 +33,33 @@ def inputs(*args: str) -> list[str]:
     return [*args, "--", ":(top)", *(f":(top,exclude){path}" for path in PIPELINE_OUTPUTS), WRITTEN_BY_DVC]
 
 
+def inputs_changed(cwd: str, data: Sequence[str]) -> bool | None:
+    """Whether what the pipeline reads differs from its commit; None outside a repository."""
+    status = git(cwd, *read_by_pipeline("status", "--porcelain", "--untracked-files=no", data=data))
+    return None if status is None else bool(status)
+
+
 def changed_files(cwd: str) -> list[str] | None:
     """Tracked files that differ from the commit, pipeline outputs aside; None outside a repository."""
     status = git(cwd, *inputs("status", "--porcelain", "--untracked-files=no"))
     return None if status is None else sorted(line[3:] for line in status.splitlines())
 
 
-def inputs_commit(cwd: str) -> tuple[str, int] | None:
-    """(hash, commit time) of the last commit that changed the pipeline's inputs, so a commit of results alone (the
-    dvc.lock, results/ and reports/ they made) keeps naming the commit they were made from; None without one."""
-    found = git(cwd, *inputs("log", "-1", "--format=%H %ct"))
+def read_by_pipeline(*args: str, data: Sequence[str]) -> list[str]:
+    """`args` followed by the pathspec of what the pipeline reads: PIPELINE_INPUTS and the `data` paths inside the
+    repository (params data.raw_dir and data.labels), each with the .dvc file DVC may track it by."""
+    paths = [
+        *PIPELINE_INPUTS,
+        *(f"{path}{suffix}" for path in data if not Path(path).is_absolute() for suffix in ("", ".dvc")),
+    ]
+    return [*args, "--", *(f":(top){path}" for path in paths), WRITTEN_BY_DVC]
+
+
+def inputs_commit(cwd: str, data: Sequence[str]) -> tuple[str, int] | None:
+    """(hash, commit time) of the last commit that changed what the pipeline reads, so that a commit of its results
+    (dvc.lock, results/, reports/) or of anything it never reads (docs, tests, benchmarks) keeps naming the commit the
+    outputs were made from; None without one."""
+    found = git(cwd, *read_by_pipeline("log", "-1", "--format=%H %ct", data=data))
     if not found:
         return None
     full, seconds = found.split()
