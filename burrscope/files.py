@@ -79,6 +79,18 @@ def no_space_error(target: Path, err: BaseException) -> OutOfSpace | None:
 
 
 @contextlib.contextmanager
+def disk_full_named(target: Path) -> Iterator[None]:
+    """A full disk's error while writing `target` raised as OutOfSpace naming it; any other error as it is."""
+    try:
+        yield
+    except Exception as err:
+        full = no_space_error(target, err)
+        if full is None:
+            raise
+        raise full from err
+
+
+@contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path beside `target`; on success it is renamed onto `target`, on error removed (a full disk
     raises OutOfSpace naming `target`)."""
@@ -89,14 +101,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        _as_if_created_normally(tmp, 0o666)
-        os.replace(tmp, target)
-    except Exception as err:
-        full = no_space_error(target, err)
-        if full is None:
-            raise
-        raise full from err
+        with disk_full_named(target):
+            yield tmp
+            _as_if_created_normally(tmp, 0o666)
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -115,16 +123,12 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
-        _as_if_created_normally(tmp, 0o777)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except Exception as err:
-        full = no_space_error(target, err)
-        if full is None:
-            raise
-        raise full from err
+        with disk_full_named(target):
+            yield tmp
+            _as_if_created_normally(tmp, 0o777)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,13 +11,13 @@ import pytest
 import yaml
 from conftest import notch_images
 from PIL import Image
+from test_predict import run_main
 
 from burrscope.errors import DataError
 from burrscope.inference.ranking import check_unlabelled, rank_for_labelling
 from burrscope.params import Params
 from burrscope.training.fold import train_fold
 from burrscope.training.outputs import write_fold_outputs
-from stages.predict import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,12 +47,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_params: Callable[..
     labels.parent.mkdir(parents=True)
     labels.write_text("file,label\n")
     return root
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, cwd: Path, *args: object) -> None:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["predict", *map(str, args)])
-    main()
 
 
 @pytest.mark.cli
