@@ -5,7 +5,7 @@ is the command dvc.yaml runs, `python -m stages.export data/processed/folds.csv 
 OUT`, writing into a temp folder (results/export is left alone), with MLflow in a throwaway sqlite store made
 beforehand (as the train stages make the pipeline's) and the export cache in a temp folder: empty for a cold run,
 the first cold run's for the warm ones. `--code DIR` runs another checkout's stage on this checkout's data and
-models, e.g. the code before a change (`mkdir /tmp/before && git archive REV | tar -x -C /tmp/before`).
+models, e.g. the code before a change (`mkdir ../before && git archive REV | tar -x -C ../before`).
 
 Prints a Markdown table: each run's wall and CPU seconds, the load average when it started (compare runs on a
 quiet machine only), and the sha256 of model.ts and model.onnx, which every run of the same code and models must
@@ -13,7 +13,7 @@ repeat. Usage:
 
     python benchmarks/export_stage.py                         # 1 cold run, then 3 warm ones
     python benchmarks/export_stage.py --cold 2 --warm 5
-    python benchmarks/export_stage.py --code /tmp/before --warm 0
+    python benchmarks/export_stage.py --code ../before --warm 0
 """
 
 from __future__ import annotations
