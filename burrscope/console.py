@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 BAR_WIDTH = 30
+
+
+def warn(message: str) -> None:
+    """One `warning: ...` line on stderr, so that a stage's stdout stays its results."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def progress_bar(stream: TextIO, what: str = "predict") -> Callable[[int, int], None]:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from burrscope import console
 from burrscope.data.folders import list_images, parallel_map
 from burrscope.data.images import BadImage, inspect_image
 from burrscope.data.labels import label_problems, match_names, read_labels
 from burrscope.data.naming import assign_names
 from burrscope.errors import DataError
 from burrscope.files import atomic_dir, sha256_file, write_text_atomic
-
-
-def print_warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
 
 BAD_IMAGE_FIX = "re-export it or remove it (and its labels row), or set data.on_bad_image: skip in params.yaml"
 
@@ -75,7 +70,7 @@ def build_manifest(
     classes: Sequence[object] | None = None,
     *,
     workers: int | None = None,
-    warn: Callable[[str], None] = print_warning,
+    warn: Callable[[str], None] = console.warn,
 ) -> pd.DataFrame:
     """One row per raw image (MANIFEST_COLUMNS, then group if labelled): kept images sorted by
     normalised_name, then skipped ones by original_name.

@@ -22,11 +22,12 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from burrscope.console import warn
 from burrscope.files import CorruptFile, workspace_root
 from burrscope.models.device import Runtime
 from burrscope.models.factory import Normalisation
 from burrscope.models.symmetries import View, apply_view
-from burrscope.training.resume import load_sealed, save_sealed, training_code_digest, warn
+from burrscope.training.resume import load_sealed, save_sealed, training_code_digest
 
 CACHE_ENV = "BURRSCOPE_CACHE"
 

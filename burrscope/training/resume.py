@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from burrscope.console import warn
 from burrscope.files import CorruptFile, atomic_path, remove_stale_temps, seal, unseal
 from burrscope.params import Recipe
 from burrscope.pipeline.codegraph import PROJECT_ROOT, code_files
@@ -61,10 +61,6 @@ def load_sealed(path: Path, map_location: str | torch.device) -> Any:
     """What save_sealed wrote to `path`; CorruptFile if its bytes changed since."""
     payload = unseal(path.read_bytes(), path)
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def load_checkpoint(path: Path, expected: str) -> dict[str, Any] | None:
