@@ -39,10 +39,23 @@ stop_process() { # stop_process PID [group]: SIGTERM (to its whole process group
 
 apt_install() { # apt_install PACKAGE...: Debian's packages, with the package lists refreshed unless they are recent
     say "installing $*"
+    # One apt-get at a time: it fails at once on a lock another holds, and the test suite may start two services
+    # side by side. --close: a daemon a package starts must not inherit, and so keep holding, the lock.
+    flock --close --timeout 1800 /var/lock/burrscope-apt.lock \
+        bash -c "$(declare -f apt_install_now); apt_install_now \"\$@\"" apt_install "$@"
+}
+
+apt_install_now() { # apt_install's work, under its lock
     export DEBIAN_FRONTEND=noninteractive
     if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 -print -quit 2>/dev/null) ]]; then
         apt-get update -qq
     fi
     # Debian's policy-rc.d in containers stops the packages' own services from starting; these scripts start theirs.
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+run_exclusively() { # run_exclusively LOCKFILE ARGS...: rerun this script with ARGS holding LOCKFILE's lock
+    [[ ${BURRSCOPE_LOCK_HELD:-} == "$1" ]] && return 0
+    # --close: the daemons the script starts must not inherit, and so keep holding, the lock.
+    BURRSCOPE_LOCK_HELD=$1 exec flock --close --timeout 900 "$1" bash "$0" "${@:2}"
 }

@@ -34,6 +34,13 @@ source "$(dirname "$0")/lib.sh"
 
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT must be a number, not '$PORT'"
 
+# One start or stop at a time, whatever the port: two at once (two people, or the test suite's side-by-side files)
+# would race to create the PostgreSQL cluster, or stop it under a server that is just starting.
+if [[ ${1:-} == start || ${1:-} == stop ]] && [[ $(id -u) -eq 0 ]]; then
+    install -d -m 0755 "$STATE"
+    run_exclusively "$STATE/start-stop.lock" "$@"
+fi
+
 pg_version() { # the newest PostgreSQL installed
     local version
     version=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -n | tail -n 1)

@@ -6,6 +6,10 @@ hand, one that starts system services `cluster`, and the fault campaign's `fault
 added below. So `pytest -m unit` is the quick in-process suite and `pytest -m "not e2e and not faults"`
 everything but the minutes-long pipeline runs.
 
+pytest-xdist runs the test files side by side (pyproject.toml's addopts): each worker has its own session, so
+`pipeline_run` is made once by whichever worker asks first and shared through a file lock, and the services' scripts
+serialise their own starts and apt-get runs.
+
 The services come up once per test session through the repository's own scripts (which install their Debian
 packages when missing), and only as root; without root the `cluster` tests are skipped with one line that says how
 to run them.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -25,7 +30,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from filelock import FileLock
 from helpers import REPO, SCRIPTS, Server, Sshd, free_port, make_project, merged, output, run, user_env
+from hypothesis import settings
 from PIL import Image
 
 from burrscope.data.folders import map_folder
@@ -34,8 +41,12 @@ from burrscope.params import Params, Recipe, validate_params
 from burrscope.training.features import CACHE_ENV
 from stages.composite import PNG_LEVEL
 
-# What makes the repository's params.yaml tiny: two short epochs on 32 px inputs, on the CPU.
-TINY = {"epochs": 2, "batch_size": 4, "resize": {"img_size": 32}, "train": {"device": "cpu"}}
+# What makes the repository's params.yaml tiny: two short epochs on 32 px inputs, on the CPU, on one thread (the
+# tests run side by side under pytest-xdist, and tensors this small gain nothing from a second).
+TINY = {"epochs": 2, "batch_size": 4, "resize": {"img_size": 32}, "train": {"device": "cpu", "cpu_threads": 1}}
+# No per-example deadline: the test files run side by side (pytest-xdist), and a busy core is not a failure.
+settings.register_profile("side-by-side", deadline=None)
+settings.load_profile("side-by-side")
 ROOT_NEEDED = (
     "the cluster tests start SLURM, PostgreSQL and sshd, which needs root: run them with "
     "`sudo .venv/bin/pytest -m cluster`"
@@ -160,16 +171,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project (helpers.make_project) after one `dvc repro`, its results committed; `repro.log` beside it
-    holds what the run printed. Tests only read it: one that changes it works on a copy (helpers.copy_project)."""
-    root = make_project(tmp_path_factory.mktemp("pipeline") / "project")
+def commit_a_pipeline_run(root: Path) -> Path:
+    """A tiny project (helpers.make_project) at `root` after one `dvc repro`, its results committed; `repro.log`
+    beside it holds what the run printed."""
+    make_project(root)
     env = user_env(root)
     (root.parent / "repro.log").write_text(output(["dvc", "repro"], root, env))
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "pipeline run"], root, env)
     return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """commit_a_pipeline_run's project, made once per test session: under pytest-xdist the first worker to ask
+    makes it in the session's shared temp folder and the others wait for it. Tests only read it: one that changes it
+    works on a copy (helpers.copy_project)."""
+    if worker_id == "master":  # no xdist: -p no:xdist, or -n 0
+        return commit_a_pipeline_run(tmp_path_factory.mktemp("pipeline") / "project")
+    shared = tmp_path_factory.getbasetemp().parent / "pipeline"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "made").is_file():
+            shutil.rmtree(shared, ignore_errors=True)  # what a worker that failed half-way left
+            commit_a_pipeline_run(shared / "project")
+            (shared / "made").touch()
+    return shared / "project"
 
 
 # ---------------------------------------------------------------- services of the `cluster` tests

@@ -31,8 +31,20 @@ from burrscope.pipeline.graph import KEPT
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-# One epoch on 32 px inputs in two folds: what a pipeline run in a test needs, where the model is not the point.
-TINY_PROJECT = {"epochs": 1, "batch_size": 4, "resize": {"img_size": 32}, "split": {"folds": 2, "fold_ids": [0, 1]}}
+# One epoch on 32 px inputs in two folds, on one thread (the tests run side by side under pytest-xdist): what a
+# pipeline run in a test needs, where the model is not the point.
+TINY_PROJECT = {
+    "epochs": 1,
+    "batch_size": 4,
+    "resize": {"img_size": 32},
+    "split": {"folds": 2, "fold_ids": [0, 1]},
+    "train": {"cpu_threads": 1},
+}
+PER_CLASS = 6  # demo images per class in make_project's project
+# The stages of make_project's two-fold project, as stages_run names them.
+FOLD_STAGES = {"train@0", "train@1", "explain@0", "explain@1"}
+AFTER_TRAINING = {"aggregate", "audit", "curve", "report", "export"}
+PIPELINE_STAGES = {"normalise", "composite", "resize", "split", *FOLD_STAGES, *AFTER_TRAINING}
 # Snakemake keeps each job's log with `| tee`; DVC keeps its own. The command itself must match.
 LOG_SUFFIX = re.compile(r"\s*2>&1 \| tee \S+$")
 Node = tuple[str, frozenset[str], frozenset[str], frozenset[str]]  # command, inputs, outputs, param keys
@@ -123,7 +135,7 @@ def copy_into(root: Path, name: str) -> None:
         shutil.copy2(REPO / name, root / name)
 
 
-def make_project(root: Path, *, folds: int = 2, per_class: int = 6, **params: Any) -> Path:
+def make_project(root: Path, *, folds: int = 2, per_class: int = PER_CLASS, **params: Any) -> Path:
     """The repository's code, `per_class` demo images per class and tiny params with `folds` folds (`params` merged
     on top), committed to a fresh git repository with DVC initialised and the project's DVC settings."""
     root.mkdir(parents=True, exist_ok=True)
@@ -151,8 +163,11 @@ def make_project(root: Path, *, folds: int = 2, per_class: int = 6, **params: An
 
 
 def copy_project(source: Path, target: Path) -> Path:
-    """A copy of a project (git history, DVC cache, MLflow store and all) to change without touching the source."""
-    shutil.copytree(source, target, symlinks=True)
+    """A copy of a project (git history, DVC cache, MLflow store and all) to change without touching the source.
+
+    Not .dvc/tmp: DVC's locks and indexes there belong to the source, where another test may be running DVC."""
+    dvc_folder = str(source / ".dvc")
+    shutil.copytree(source, target, symlinks=True, ignore=lambda folder, _: ["tmp"] if folder == dvc_folder else [])
     return target
 
 

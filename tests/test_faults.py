@@ -18,7 +18,14 @@ from faultkit.outcome import Tally
 from faults import KINDS, campaign
 from helpers import REPO, copy_definition, run, user_env
 
-SMALL = Plan(kills=2, snakemake_kills=1, per_class=4, target="aggregate", settings=FAST | {"resize.img_size": 32})
+# One thread per fold: the other test files run beside this one under pytest-xdist.
+SMALL = Plan(
+    kills=2,
+    snakemake_kills=1,
+    per_class=4,
+    target="aggregate",
+    settings=FAST | {"resize.img_size": 32, "train.cpu_threads": 1},
+)
 ROOT_ONLY = {"disk-full", "mlflow-server"}
 
 
