@@ -2,21 +2,25 @@
 recovery commands it relies on.
 
 The campaign runs on a tiny copy (4 demo images per class, 32 px, up to `aggregate`): two `dvc repro` kills, one
-`snakemake --cores 2` kill, and one of each other fault. As root it also fills a tmpfs and kills an MLflow server
-of scripts/mlflow_server.sh; without root those two are skipped (the campaign says so).
+`snakemake --cores 2` kill, and one of each other fault, split in three campaigns that run at once. As root it
+also fills a tmpfs and kills an MLflow server of scripts/mlflow_server.sh; without root those two are skipped (the
+campaign says so).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from faultkit.lab import FAST, Plan  # benchmarks/ is on the path (pyproject.toml)
 from faultkit.outcome import Tally
 from faults import KINDS, campaign
-from helpers import REPO, copy_definition, run, user_env
+from helpers import REPO, copy_definition, output, run, user_env
 
 # One thread per fold: the other test files run beside this one under pytest-xdist.
 SMALL = Plan(
@@ -27,12 +31,33 @@ SMALL = Plan(
     settings=FAST | {"resize.img_size": 32, "train.cpu_threads": 1},
 )
 ROOT_ONLY = {"disk-full", "mlflow-server"}
+# The kinds as three campaigns of their own, run at once: those that start from the uninterrupted `dvc repro`, the
+# Snakemake kills (which start from Snakemake's), and the MLflow server (two runs of its own).
+CAMPAIGNS = {
+    "faults-dvc": ("dvc-kills", "queue", "second-repro", "disk-full", "corrupt-files"),
+    "faults-snakemake": ("snakemake-kills",),
+    "faults-server": ("mlflow-server",),
+}
 
 
 @pytest.fixture(scope="module")
 def tallies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tally]:
-    made = campaign(SMALL, tmp_path_factory.mktemp("faults") / "campaign")
-    return dict(zip(KINDS, made, strict=True))
+    """Every fault kind's tally. The campaigns run in threads: they mostly wait, on their commands and on the
+    seeded moments of their faults, each in its own folder."""
+    folder = tmp_path_factory.mktemp("faults")
+
+    def run_campaign(name: str) -> dict[str, Tally]:
+        plan = replace(SMALL, only=CAMPAIGNS[name])
+        kinds = [kind for kind in KINDS if kind in plan.only]  # campaign() runs them in KINDS' order
+        return dict(zip(kinds, campaign(plan, folder / name), strict=True))
+
+    with ThreadPoolExecutor(len(CAMPAIGNS)) as pool:
+        return {kind: tally for made in pool.map(run_campaign, CAMPAIGNS) for kind, tally in made.items()}
+
+
+def test_the_campaigns_run_every_fault_kind_once() -> None:
+    kinds = [kind for campaign_kinds in CAMPAIGNS.values() for kind in campaign_kinds]
+    assert sorted(kinds) == sorted(KINDS)
 
 
 @pytest.mark.faults
@@ -80,3 +105,23 @@ def test_a_job_killed_after_writing_some_outputs_is_rerun_by_the_same_command(de
     dry = run(["snakemake", "--cores", "1", "-n", "data/interim/manifest.csv"], definition, user_env(definition))
     assert "normalise" in dry.stdout + dry.stderr
     assert (REPO / "profiles" / "default" / "config.yaml").read_text().count("rerun-incomplete: true") == 1
+
+
+@pytest.mark.cli
+def test_a_folder_dependency_hashes_the_same_with_or_without_dvcs_gitignore_entries(tmp_path: Path) -> None:
+    """What the campaign's MLflow-server fault found: a failed `dvc repro` takes back the .gitignore entries it
+    added, those of the stages that succeeded too, and the rerun skips those stages, so results/train may hold
+    fold_0/.gitignore or not for the same outputs, and aggregate depends on that folder. The repository's .dvcignore
+    leaves .gitignore files out of a folder's hash."""
+    env = user_env(tmp_path)
+    run(["git", "init", "-q"], tmp_path, env)
+    run(["dvc", "init", "-q"], tmp_path, env)
+    shutil.copy2(REPO / ".dvcignore", tmp_path / ".dvcignore")
+    fold = tmp_path / "train" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "model.pt").write_text("weights")
+    pool = "cat train/*/model.pt > pooled.txt"
+    run(["dvc", "stage", "add", "-q", "-n", "pool", "-d", "train", "-o", "pooled.txt", pool], tmp_path, env)
+    run(["dvc", "repro", "-q"], tmp_path, env)
+    (fold / ".gitignore").write_text("/model.pt\n")
+    assert "Data and pipelines are up to date" in output(["dvc", "status"], tmp_path, env)
