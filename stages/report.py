@@ -38,7 +38,7 @@ def main() -> None:
 
     from burrscope.tracking.parent_run import log_report  # imports mlflow: only once the report is safely written
 
-    parent, status = log_report(params, args.aggregate / PREDICTIONS, [args.report])
+    parent, status = log_report(params, args.aggregate / PREDICTIONS, args.report)
     if status == "ok":
         print(f"MLflow: report logged to parent run {parent}" if parent else "MLflow: no parent run found; not logged")
 

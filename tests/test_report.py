@@ -29,7 +29,7 @@ from burrscope.report.build import build_report
 from burrscope.report.figures import calibration_figure, roc_figure
 from burrscope.report.inputs import ReportInputs
 from burrscope.tables import AUDIT_SUMMARY, ISSUE_COLUMNS, ISSUES
-from burrscope.tracking.lookup import ui_url
+from burrscope.tracking.lookup import run_url, ui_url
 from burrscope.tracking.store import PIPELINE_KEY_TAG, pipeline_key
 from stages.report import main
 
@@ -457,7 +457,10 @@ def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary
     assert "git commit unknown" in top
     search = urllib.parse.urlencode({"searchFilter": f"tags.{PIPELINE_KEY_TAG} = '{tags[PIPELINE_KEY_TAG]}'"})
     link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?{search}&amp;workflowType=machine_learning"
-    assert f'<a href="{link}">MLflow pipeline run</a>' in top
+    # The run's own page, through the page the stage writes beside the report once it knows the run id; and the
+    # experiment's runs with the key, which works wherever the report is opened.
+    run_page = f"mlflow-run-{tags[PIPELINE_KEY_TAG]}.html"
+    assert f'<a href="{run_page}">MLflow pipeline run</a> (<a href="{link}">every run with key</a>' in top
     # The same pipeline run again (a new parent, as a rerun makes): the same report, byte for byte.
     client.create_run(experiment, start_time=1714649999000, tags=tags, run_name="rerun")
     assert report(tmp_path, binary) == page
@@ -484,6 +487,7 @@ def test_the_run_link_points_at_the_tracking_server_or_mlflow_ui_without_credent
         ui_url(uri, "3", "tags.k = 'v'")
         == f"{base}/#/experiments/3/runs?searchFilter=tags.k+%3D+%27v%27&workflowType=machine_learning"
     )
+    assert run_url(uri, "3", "ab12") == f"{base}/#/experiments/3/runs/ab12?workflowType=machine_learning"
 
 
 def test_the_header_says_when_the_images_are_the_generated_demo(tmp_path: Path, binary: Inputs) -> None:

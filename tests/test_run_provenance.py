@@ -18,7 +18,7 @@ from burrscope.params import Params
 from burrscope.tracking.fold_run import FoldRun
 from burrscope.tracking.parent_run import decision_metrics, log_aggregate, log_report
 from burrscope.tracking.provenance import git_tags
-from burrscope.tracking.store import PARENT_RUN_TAG
+from burrscope.tracking.store import PARENT_RUN_TAG, PIPELINE_KEY_TAG
 
 WEIGHTS = Weights("test weights", "ab" * 32, None)
 FOLDS = 2
@@ -249,9 +249,15 @@ def test_the_report_is_logged_to_the_parent_found_from_the_pooled_predictions(wo
     pooled = pd.read_csv(workspace / "folds.csv").sort_values("file", ascending=False).assign(predicted="0")
     pooled.to_csv(workspace / "predictions.csv", index=False)
     (workspace / "report.html").write_text("<html><body>report</body></html>")
-    parent, status = log_report(params, workspace / "predictions.csv", [workspace / "report.html"])
+    parent, status = log_report(params, workspace / "predictions.csv", workspace / "report.html")
     assert status == "ok" and parent == parent_of(client, folds[0]).info.run_id
     assert [a.path for a in client.list_artifacts(parent)] == ["report.html"]
+    # Beside the report, the page its header links (by the pipeline key) sends the browser on to the parent's page.
+    (page,) = workspace.glob("mlflow-run-*.html")
+    experiment = client.get_run(parent).info.experiment_id
+    target = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning"
+    assert f'<meta http-equiv="refresh" content="0; url={target}">' in page.read_text()
+    assert page.name == f"mlflow-run-{client.get_run(parent).data.tags[PIPELINE_KEY_TAG]}.html"
 
 
 def test_a_report_mlflow_cannot_take_is_a_warning_not_a_lost_report(
@@ -259,7 +265,7 @@ def test_a_report_mlflow_cannot_take_is_a_warning_not_a_lost_report(
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     (workspace / "report.html").write_text("<html></html>")
-    parent, status = log_report(params, workspace / "folds.csv", [workspace / "report.html"])
+    parent, status = log_report(params, workspace / "folds.csv", workspace / "report.html")
     assert parent is None and status.startswith("failed: logging the report: MLflow tracking at http://127.0.0.1:9")
     assert capsys.readouterr().err.count("warning: MLflow failed") == 1
-    assert (workspace / "report.html").is_file()
+    assert (workspace / "report.html").is_file() and not list(workspace.glob("mlflow-run-*.html"))

@@ -1,4 +1,9 @@
-"""A pipeline run's MLflow parent, found read-only for the report's header, and a link to it in the MLflow UI."""
+"""A pipeline run's MLflow parent, found read-only for the report's header, and links to it in the MLflow UI.
+
+The header links the parent's own page through a small page beside the report (run_page_name), which the report
+stage writes once it has logged the report to the parent: a run id changes every run, so it cannot be in the report,
+whose bytes DVC tracks. The header's second link, the experiment's runs filtered by the pipeline key, works anywhere.
+"""
 
 from __future__ import annotations
 
@@ -22,22 +27,44 @@ def utc(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class PipelineRunLink:
-    """Where `mlflow ui` shows a pipeline run: its experiment's runs, filtered to the parent that carries its key."""
+    """Where `mlflow ui` shows a pipeline run: `page`, beside the report, opens the parent's own page; `url` is its
+    experiment's runs, filtered to the parents that carry its key."""
 
     experiment_id: str
     key: str
     url: str
 
+    @property
+    def page(self) -> str:
+        return run_page_name(self.key)
+
+
+def run_page_name(key: str) -> str:
+    """The file beside the report that opens the pipeline run's parent in `mlflow ui` (git-ignored, no DVC output)."""
+    return f"mlflow-run-{key}.html"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The MLflow UI of a store: the tracking server itself (without credentials), else where `mlflow ui` serves."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in {"http", "https"}:
+        return MLFLOW_UI
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment="")).rstrip("/")
+
+
+# MLflow 3's UI opens an experiment in its GenAI view unless told otherwise.
+TRAINING_VIEW = {"workflowType": "machine_learning"}
+
 
 def ui_url(tracking_uri: str, experiment_id: str, search_filter: str) -> str:
-    """The experiment's runs that match `search_filter`, on the tracking server itself (without credentials), else
-    where `mlflow ui` serves it, in the UI's model-training view (MLflow 3 opens in its GenAI view unless told)."""
-    parts = urlsplit(tracking_uri)
-    base = MLFLOW_UI
-    if parts.scheme in {"http", "https"}:
-        base = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], query="", fragment="")).rstrip("/")
-    query = urlencode({"searchFilter": search_filter, "workflowType": "machine_learning"})
-    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+    """The experiment's runs that match `search_filter`, in the UI's model-training view."""
+    query = urlencode({"searchFilter": search_filter} | TRAINING_VIEW)
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's own page (its params, metrics and artifacts), in the UI's model-training view."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{urlencode(TRAINING_VIEW)}"
 
 
 def pipeline_run_link(params: Params, assignment: pd.DataFrame) -> PipelineRunLink | None:

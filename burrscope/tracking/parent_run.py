@@ -1,21 +1,24 @@
 """What the stages after training add to a pipeline run's MLflow parent: aggregate's summary (then it closes the
-parent), the audit's counts and findings, and the report. Each runs after its stage's outputs are written and never
-raises (tracking.Recorder)."""
+parent), the audit's counts and findings, and the report (with the page beside it that opens the parent). Each runs
+after its stage's outputs are written and never raises (tracking.Recorder)."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow.entities import Metric, RunStatus
 
+from burrscope.files import write_text_atomic
 from burrscope.params import Params
 from burrscope.tables import FOLD_COLUMNS, read_table
 from burrscope.tracking.champion import THRESHOLD_METRIC, cross_validated, settle_parent
+from burrscope.tracking.lookup import run_page_name, run_url
 from burrscope.tracking.store import Connection, Recorder, connect, pipeline_key
 
 COUNTS = ("missed", "false_alarms")  # at the threshold, as aggregate names them
@@ -91,16 +94,34 @@ def log_aggregate(
     return recorder.attempt("logging the cross-validated summary", log), recorder.status
 
 
-def parent_of_predictions(params: Params, predictions_csv: Path) -> tuple[Connection, str | None]:
-    """The tracking store and this pipeline run's parent (None if none), found from the fold assignment in
-    aggregate's pooled predictions, which carry the same (file, label, fold) rows as folds.csv."""
+class ParentRun(NamedTuple):
+    connection: Connection
+    key: str  # the pipeline key (store.pipeline_key)
+    run_id: str | None  # None when the store holds no parent with the key
+
+
+def parent_of_predictions(params: Params, predictions_csv: Path) -> ParentRun:
+    """The tracking store and this pipeline run's parent, found from the fold assignment in aggregate's pooled
+    predictions, which carry the same (file, label, fold) rows as folds.csv."""
     connection = connect(params.mlflow.experiment)
     assignment = read_table(predictions_csv, FOLD_COLUMNS, numeric=["fold"])
-    return connection, connection.latest_parent(pipeline_key(params.recipe, assignment))
+    key = pipeline_key(params.recipe, assignment)
+    return ParentRun(connection, key, connection.latest_parent(key))
 
 
-def log_report(params: Params, predictions_csv: Path, files: list[Path]) -> tuple[str | None, str]:
-    """Log the report's `files` to this pipeline run's parent (MLflow previews HTML and PNG); (its id, status).
+def run_page(url: str, run_id: str) -> str:
+    """A page that sends the browser on to `url`, the run's page in `mlflow ui`."""
+    target = html.escape(url)
+    return (
+        f'<!doctype html>\n<meta charset="utf-8">\n<meta http-equiv="refresh" content="0; url={target}">\n'
+        f"<title>MLflow run {run_id}</title>\n"
+        f'<p>Opening <a href="{target}">MLflow run {run_id}</a> (start <code>mlflow ui</code> first).</p>\n'
+    )
+
+
+def log_report(params: Params, predictions_csv: Path, report: Path) -> tuple[str | None, str]:
+    """Log the `report` to this pipeline run's parent (MLflow previews HTML), then write the page beside it that
+    its header links to open the parent (lookup.run_page_name); (the parent's id, status).
 
     The parent is found from aggregate's pooled predictions (parent_of_predictions). Never raises: the report is
     written before this is called.
@@ -108,11 +129,12 @@ def log_report(params: Params, predictions_csv: Path, files: list[Path]) -> tupl
     recorder = Recorder("The report is written; the parent run lacks it")
 
     def log() -> str | None:
-        connection, parent_id = parent_of_predictions(params, predictions_csv)
+        connection, key, parent_id = parent_of_predictions(params, predictions_csv)
         if parent_id is None:
             return None
-        for path in files:
-            connection.client.log_artifact(parent_id, str(path))
+        connection.client.log_artifact(parent_id, str(report))
+        url = run_url(connection.uri, connection.experiment_id, parent_id)
+        write_text_atomic(report.with_name(run_page_name(key)), run_page(url, parent_id))
         return parent_id
 
     return recorder.attempt("logging the report", log), recorder.status
@@ -128,7 +150,7 @@ def log_audit(
     recorder = Recorder("The audit's findings are written; the parent run lacks them")
 
     def log() -> str | None:
-        connection, parent_id = parent_of_predictions(params, predictions_csv)
+        connection, _, parent_id = parent_of_predictions(params, predictions_csv)
         if parent_id is None:
             return None
         now = int(time.time() * 1000)
