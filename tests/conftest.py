@@ -53,10 +53,25 @@ ROOT_NEEDED = (
 )
 
 
+# The files that wait or run longest (the fault campaign, the DVC runs, the services), first: pytest-xdist hands
+# out whole files in collection order (pyproject.toml's addopts), so the quick files fill in around them.
+STARTED_FIRST = [
+    "test_faults.py",
+    "test_experiments_e2e.py",
+    "test_pipeline_e2e.py",
+    "test_slurm_cluster.py",
+    "test_mlflow_server.py",
+    "test_dvc_remote_ssh.py",
+    "test_snakemake_e2e.py",
+]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not any(item.get_closest_marker(name) for name in ("cli", "e2e", "cluster", "faults")):
             item.add_marker(pytest.mark.unit)
+    rank = {name: place for place, name in enumerate(STARTED_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
