@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from faultkit.lab import FAST, Plan  # benchmarks/ is on the path (pyproject.toml)
 from faultkit.outcome import Tally
+from faultkit.procs import Finished
 from faults import KINDS, campaign
 from helpers import REPO, copy_definition, output, run, user_env
 
@@ -125,3 +126,11 @@ def test_a_folder_dependency_hashes_the_same_with_or_without_dvcs_gitignore_entr
     run(["dvc", "repro", "-q"], tmp_path, env)
     (fold / ".gitignore").write_text("/model.pt\n")
     assert "Data and pipelines are up to date" in output(["dvc", "status"], tmp_path, env)
+
+
+def test_a_moment_is_drawn_over_the_chosen_stages_and_counted_from_the_stages_start() -> None:
+    lines = [(at, f"Running stage '{stage}':\n") for at, stage in [(0.0, "split"), (1.0, "train@0"), (5.0, "train@1")]]
+    run = Finished(returncode=0, lines=lines, seconds=7.0)  # split 1 s, train@0 4 s, train@1 2 s
+    assert run.moment_in(0.0) == ("split", 0.0)
+    assert run.moment_in(0.5) == ("train@0", 2.5)  # 3.5 of the 7 s
+    assert run.moment_in(0.75, lambda stage: stage.startswith("train@")) == ("train@1", 0.5)  # 4.5 of the 6 s

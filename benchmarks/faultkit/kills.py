@@ -7,7 +7,7 @@ import sys
 
 from faultkit.lab import DVC, SNAKEMAKE, Lab
 from faultkit.outcome import Tally, Trial
-from faultkit.procs import DVC_STAGE, SNAKEMAKE_JOB
+from faultkit.procs import DVC_STAGE, SNAKEMAKE_JOB, Lines
 
 LOCKED = "Directory cannot be locked"  # Snakemake's refusal while its lock is left by a killed run
 # DVC's refusals while another `dvc repro` runs: its workspace lock (held except while a stage's command runs), or
@@ -66,15 +66,19 @@ def kills(lab: Lab, tool: str, count: int) -> Tally:
 
 def second_repro(lab: Lab) -> Tally:
     """A second `dvc repro` started at a seeded moment while the first runs: DVC refuses it with its lock message,
-    and the first ends as an uninterrupted run does."""
+    and the first ends as an uninterrupted run does.
+
+    The moment is a stage of the uninterrupted run and half the seconds into it that the draw gives, counted from
+    that stage's start in the first run: a moment on the whole run's clock could fall after the end of a run that
+    goes faster (a busy machine makes the baseline slow)."""
     tally = Tally("second dvc repro meanwhile")
-    duration = lab.baseline(DVC).run.seconds
-    moment = lab.plan.rng("second-repro").uniform(0.1 * duration, 0.9 * duration)
+    stage, offset = lab.baseline(DVC).run.moment_in(lab.plan.rng("second-repro").random())
     root = lab.trial("second-repro")
     second = []
 
-    def start_second(elapsed: float, _: object) -> None:
-        if elapsed >= moment and not second:
+    def start_second(elapsed: float, lines: Lines) -> None:
+        started = [at for at, line in lines if f"Running stage '{stage}'" in line]
+        if started and elapsed >= started[0] + offset / 2 and not second:
             second.append(lab.run(lab.command(DVC), root, timeout=600))
 
     first = lab.run(lab.command(DVC), root, during=start_second)
@@ -83,7 +87,7 @@ def second_repro(lab: Lab) -> Tally:
     trial = lab.judge(root, tool=DVC, injected=bool(second), recovered=refused and first.returncode == 0, notes=notes)
     refusal = [line for line in second[0].output.splitlines() if line.startswith("ERROR")] if second else []
     progress(
-        f"second dvc repro at {moment:.1f} s: exit {second[0].returncode if second else '-'}: "
+        f"second dvc repro {offset / 2:.1f} s into {stage}: exit {second[0].returncode if second else '-'}: "
         f"{(refusal or ['never started'])[0][:200]}; the first: exit {first.returncode}, "
         f"{'identical' if not trial.differences else 'DIFFERENT: ' + ', '.join(trial.differences[:5])}"
     )

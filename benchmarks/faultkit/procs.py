@@ -4,6 +4,7 @@ every process they started, their output kept with the time each line appeared."
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -41,6 +42,18 @@ class Finished:
     def marks(self, pattern: re.Pattern[str] = DVC_STAGE) -> list[tuple[str, float]]:
         """(what started, seconds since the start) for every line matching `pattern` (group 1 names it)."""
         return [(found[1], at) for at, line in self.lines if (found := pattern.search(line))]
+
+    def moment_in(self, draw: float, stages: Callable[[str], bool] = lambda name: True) -> tuple[str, float]:
+        """A moment in the DVC stages that `stages` accepts, as (stage, seconds after it started): `draw` in [0, 1)
+        of their time in this run. Another run, whose pace differs, counts the seconds from that stage's start."""
+        marks = [*self.marks(DVC_STAGE), ("end", self.seconds)]
+        spans = [(name, end - start) for (name, start), (_, end) in itertools.pairwise(marks) if stages(name)]
+        left = draw * sum(seconds for _, seconds in spans)
+        for name, seconds in spans:
+            if left < seconds:
+                return name, left
+            left -= seconds
+        return spans[-1]
 
     def running_at(self, moment: float, pattern: re.Pattern[str] = DVC_STAGE) -> str:
         """The stage that had started last at `moment` (`start` before any)."""

@@ -4,7 +4,6 @@ the folds train, and restarted; the folds' outputs must survive and the rerun re
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import socket
@@ -54,19 +53,6 @@ def kill_server(port: int) -> None:
     pid = int((STATE / f"mlflow-{port}.pid").read_text().strip())
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def fold_moment(baseline: Finished, draw: float) -> tuple[str, float]:
-    """A moment while the folds train, as (train stage, seconds after it starts): `draw` in [0, 1) of the folds'
-    time in the uninterrupted run. Counted from the stage's start in the faulty run, whose pace differs."""
-    marks = [*baseline.marks(DVC_STAGE), ("end", baseline.seconds)]
-    folds = [(name, end - start) for (name, start), (_, end) in itertools.pairwise(marks) if name.startswith("train@")]
-    left = draw * sum(seconds for _, seconds in folds)
-    for name, seconds in folds:
-        if left < seconds:
-            return name, left
-        left -= seconds
-    return folds[-1]
 
 
 def finished_stages(run: Finished) -> set[str]:
@@ -148,7 +134,7 @@ def server_killed(lab: Lab) -> Tally:
             set_params(root, {"mlflow.experiment": name, "mlflow.registered_model": name})
         baseline = lab.run(lab.command(DVC), roots[0], env=env)
         rng = lab.plan.rng("mlflow-server")
-        moment, outage = fold_moment(baseline, rng.random()), rng.uniform(1, 5)
+        moment, outage = baseline.moment_in(rng.random(), lambda stage: stage.startswith("train@")), rng.uniform(1, 5)
         first, injected = run_with_outage(lab, roots[1], port, moment=moment, outage=outage)
         rerun = lab.run(lab.command(DVC), roots[1], env=env)
         rerun_stages = {stage for stage, _ in rerun.marks(DVC_STAGE)}
