@@ -58,6 +58,7 @@ ROOT_NEEDED = (
 STARTED_FIRST = [
     "test_faults.py",
     "test_experiments_e2e.py",
+    "test_curve_and_queue_e2e.py",
     "test_pipeline_e2e.py",
     "test_slurm_cluster.py",
     "test_mlflow_server.py",

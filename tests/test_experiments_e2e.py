@@ -1,6 +1,6 @@
-"""Experiments end to end, on a copy of conftest's `pipeline_run`: `dvc exp run` reruns exactly the training and
-links its MLflow runs to one parent, the learning curve is one experiment away, and a queued experiment logs to the
-workspace's store.
+"""An experiment end to end, on a copy of conftest's `pipeline_run`: `dvc exp run` reruns exactly the training and
+links its MLflow runs to one parent, export and predict use its final model, and docs/tracking.md's `dvc exp show`
+recipe fits it in 120 columns. The learning curve and a queued experiment are in test_curve_and_queue_e2e.py.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ import json
 import re
 import shlex
 import sys
-import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from helpers import AFTER_TRAINING, FOLD_STAGES, REPO, copy_project, mlflow_runs, output, stages_run, user_env
 
@@ -65,37 +63,3 @@ def test_the_exp_show_recipe_fits_the_headline_and_the_changed_params_in_120_col
     table = output(command, project, {**user_env(project), "COLUMNS": "120"}).splitlines()
     assert table[1].split() == ["Experiment", *HEADLINE_METRICS, "lr", "predict.final"]
     assert not [line for line in table if "…" in line or len(line) > 120]
-
-
-def test_the_learning_curve_is_one_experiment_away_and_retrains_no_fold(pipeline_run: Path, tmp_path: Path) -> None:
-    """The README's command for the curve, as written: one stage per point, then the curve, its plot and the
-    report's section; no fold, aggregate or export reruns."""
-    project = copy_project(pipeline_run, tmp_path / "project")
-    env = user_env(project)
-    printed = output(["dvc", "exp", "run", "-S", "curve.fractions=[0.5]"], project, env)
-    assert stages_run(printed) == {"curve_point@0.5", "curve", "report"}
-    curve = pd.read_csv(project / "results/curve/curve.csv")
-    assert curve["fraction"].tolist() == [0.5, 1.0] and curve["train_images"].tolist() == [4.0, 6.0]  # 2 of 3 per class
-    verdict = json.loads((project / "results/curve/verdict.json").read_text())
-    assert verdict["sentence"].startswith("From 4 to 6 training photos per fold, balanced accuracy")
-    html = (project / "reports/report.html").read_text()
-    assert "Would more photos help?" in html and verdict["sentence"] in html and 'alt="learning curve"' in html
-    plots = output(["dvc", "plots", "show", "--json"], project, env)
-    assert "results/curve/curve.csv" in plots and "failed to load" not in plots
-
-
-def test_a_queued_experiment_logs_to_the_workspace_store(pipeline_run: Path, tmp_path: Path) -> None:
-    """`dvc queue` runs in a copy under .dvc/tmp/exps; its runs still land in the workspace's mlflow.db."""
-    project = copy_project(pipeline_run, tmp_path / "project")
-    env = user_env(project)
-    before = mlflow_runs(project / "mlflow.db")
-    output(["dvc", "exp", "run", "--queue", "-S", "predict.threshold=0.4", "--name", "queued"], project, env)
-    output(["dvc", "queue", "start"], project, env)
-    deadline = time.monotonic() + 600
-    while re.search(r"\b(Queued|Running)\b", status := output(["dvc", "queue", "status"], project, env)):
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    assert re.search(r"queued\b[^\n]*\bSuccess", status), status
-    new = [r for r in mlflow_runs(project / "mlflow.db") if r not in before]
-    assert [r[1] for r in new] == ["export"]  # a new threshold retrains nothing: only the export is logged again
-    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegressionCV
-from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
 from burrscope.models.device import Runtime
@@ -30,6 +28,9 @@ MAX_ITER = 2000
 def inner_splits(labels: np.ndarray, variants: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified splits of the rows of `variants` views of each of N images (rows view-major, image-minor),
     by image: every view of an image falls on the same side. `labels` holds one label per image."""
+    # scikit-learn takes a second to import: only for this recipe, not in every fold's start-up.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     folds = min(INNER_FOLDS, int(np.bincount(labels).min()))
     if folds < 2:
         raise ValueError("the probe's inner cross-validation needs at least 2 training images of each class")
@@ -47,6 +48,8 @@ def fit_probe(
     `balanced` weighs each class by the inverse of its share (train.class_weights). The inner folds are fitted
     `jobs` at a time (the result does not depend on it).
     """
+    from sklearn.linear_model import LogisticRegressionCV
+
     variants, n, width = features.shape
     rows = features.reshape(variants * n, width).astype(np.float64)
     mean, std = rows.mean(0), rows.std(0) + 1e-6
