@@ -57,11 +57,11 @@ ROOT_NEEDED = (
 # out whole files in collection order (pyproject.toml's addopts), so the quick files fill in around them.
 STARTED_FIRST = [
     "test_faults.py",
-    "test_experiments_e2e.py",
-    "test_curve_and_queue_e2e.py",
-    "test_pipeline_e2e.py",
+    "test_pipeline_e2e.py",  # makes `pipeline_run`, which the next e2e files wait for: they start after it
     "test_slurm_cluster.py",
     "test_mlflow_server.py",
+    "test_experiments_e2e.py",
+    "test_curve_and_queue_e2e.py",
     "test_dvc_remote_ssh.py",
     "test_snakemake_e2e.py",
 ]
