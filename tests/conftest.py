@@ -203,7 +203,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Pa
     """commit_a_pipeline_run's project, made once per test session: under pytest-xdist the first worker to ask
     makes it in the session's shared temp folder and the others wait for it. Tests only read it: one that changes it
     works on a copy (helpers.copy_project)."""
-    if worker_id == "master":  # no xdist: -p no:xdist, or -n 0
+    if worker_id == "master":  # no xdist workers: `pytest -n 0`
         return commit_a_pipeline_run(tmp_path_factory.mktemp("pipeline") / "project")
     shared = tmp_path_factory.getbasetemp().parent / "pipeline"
     with FileLock(f"{shared}.lock"):
