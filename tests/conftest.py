@@ -76,9 +76,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def own_feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def own_feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test its own frozen-feature cache (burrscope/training/features.py), so none finds another's entries."""
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("feature-cache")))
+    folder = tmp_path_factory.mktemp("feature-cache")
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_folder(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], Path]]:
+    """Factory of a new temp folder for a module's fixtures, `module_folder("export")`. The folders go when the
+    module is done, unless a test failed meanwhile: as a test's own tmp_path goes unless it failed (pyproject's
+    tmp_path_retention_policy), so that the suite holds on disk only what the files running now need."""
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failed_before:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

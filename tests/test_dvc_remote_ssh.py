@@ -8,6 +8,7 @@ them and has nothing left to run. Then one experiment travels the same way with 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,8 @@ def metrics(root: Path, env: dict[str, str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shared(ssh_server: Sshd, pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Shared:
-    base, sshd = tmp_path_factory.mktemp("dvc_remote"), ssh_server
+def shared(ssh_server: Sshd, pipeline_run: Path, module_folder: Callable[[str], Path]) -> Shared:
+    base, sshd = module_folder("dvc_remote"), ssh_server
     origin = base / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], base)
     first = copy_project(pipeline_run, base / "first")  # its outputs are made and committed

@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def experimented(pipeline_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def experimented(pipeline_run: Path, module_folder: Callable[[str], Path]) -> tuple[Path, str]:
     """A copy of the project after `dvc exp run` of a new lr with the final model on top; (root, its output)."""
-    project = copy_project(pipeline_run, tmp_path_factory.mktemp("experiment") / "project")
+    project = copy_project(pipeline_run, module_folder("experiment") / "project")
     command = ["dvc", "exp", "run", "-S", "lr=0.002", "-S", "predict.final=[all]", "--name", "lr-final"]
     return project, output(command, project, user_env(project))
 

@@ -98,9 +98,9 @@ def save_checkpoint(path: Path, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workspace(module_folder: Callable[[str], Path]) -> Path:
     """RGBA cut-outs of several sizes, their processed images, folds.csv, two fold models and a final model."""
-    root = tmp_path_factory.mktemp("export")
+    root = module_folder("export")
     rng = np.random.default_rng(0)
     (root / "raw").mkdir()
     (root / "images").mkdir()

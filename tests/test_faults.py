@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -42,10 +43,10 @@ CAMPAIGNS = {
 
 
 @pytest.fixture(scope="module")
-def tallies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tally]:
+def tallies(module_folder: Callable[[str], Path]) -> dict[str, Tally]:
     """Every fault kind's tally. The campaigns run in threads: they mostly wait, on their commands and on the
     seeded moments of their faults, each in its own folder."""
-    folder = tmp_path_factory.mktemp("faults")
+    folder = module_folder("faults")
 
     def run_campaign(name: str) -> dict[str, Tally]:
         plan = replace(SMALL, only=CAMPAIGNS[name])

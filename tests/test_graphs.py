@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,16 @@ STAGE_MODULE_LINES, LIBRARY_MODULE_LINES = 80, 350
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("graphs")
+def workdir(module_folder: Callable[[str], Path]) -> Path:
+    root = module_folder("graphs")
     copy_definition(root)
     return root
 
 
 @pytest.fixture(scope="module")
-def optional_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def optional_workdir(module_folder: Callable[[str], Path]) -> Path:
     """The same, with the optional stages switched on: the final model and two learning-curve points."""
-    root = tmp_path_factory.mktemp("graphs_optional")
+    root = module_folder("graphs_optional")
     copy_definition(root, optional=True)
     return root
 

@@ -13,6 +13,7 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +56,13 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def tracked(mlflow_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Tracked:
+def tracked(mlflow_server: Server, module_folder: Callable[[str], Path]) -> Tracked:
     # Names of their own, so that runs left in the server's database by earlier test runs never count.
     tag = uuid.uuid4().hex[:8]
     experiment, registered_model = f"burrscope-test-{tag}", f"burrscope-test-{tag}"
     mlflow = {"experiment": experiment, "registered_model": registered_model}
     # Two epochs, so that each fold's metric history has more than one point to lose.
-    root = make_project(tmp_path_factory.mktemp("mlflow_server"), folds=FOLDS, epochs=EPOCHS, mlflow=mlflow)
+    root = make_project(module_folder("mlflow_server"), folds=FOLDS, epochs=EPOCHS, mlflow=mlflow)
     server = mlflow_server
     env = user_env(root, MLFLOW_TRACKING_URI=server.uri)
     started = time.monotonic()

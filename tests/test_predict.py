@@ -54,14 +54,14 @@ def cut_out(rng: np.random.Generator, width: int, height: int, burr: bool) -> Im
 
 @pytest.fixture(scope="module")
 def trained(
-    tmp_path_factory: pytest.TempPathFactory,
+    module_folder: Callable[[str], Path],
     tiny_params: Callable[..., Params],
     composite_folder: Callable[..., int],
     resize_folder: Callable[..., int],
     one_thread: None,
 ) -> tuple[Path, Path, pd.DataFrame]:
     """Raw folder of 8 cut-outs (sizes 40-90 px, several modes), run through composite, resize and 2 folds."""
-    root = tmp_path_factory.mktemp("predict")
+    root = module_folder("predict")
     raw = root / "raw"
     raw.mkdir()
     rng = np.random.default_rng(0)

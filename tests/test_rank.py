@@ -33,10 +33,10 @@ def notch_photo(path: Path, rng: np.random.Generator, notch: int | None) -> Path
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_params: Callable[..., Params]) -> Path:
+def workspace(module_folder: Callable[[str], Path], tiny_params: Callable[..., Params]) -> Path:
     """Three fold models that tell notches apart confidently (`finetune: probe` on 24 notch images), the params
     they were trained with, and an empty labels CSV, in a workspace folder."""
-    root = tmp_path_factory.mktemp("rank")
+    root = module_folder("rank")
     folds = notch_images(root / "images", n=24)
     params = tiny_params(finetune="probe")
     for fold in range(3):

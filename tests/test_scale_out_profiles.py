@@ -6,6 +6,7 @@ tests/test_slurm_cluster.py runs them on a real (local) cluster; these checks ar
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,10 @@ def test_the_local_cluster_profile_drops_the_gpu_and_fits_one_cpu() -> None:
 
 
 @pytest.fixture(scope="module")
-def definition(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def definition(module_folder: Callable[[str], Path]) -> Path:
     """The pipeline definition in a temp folder with an empty raw folder and every optional job (the
     final model, the learning curve)."""
-    root = tmp_path_factory.mktemp("slurm_graph")
+    root = module_folder("slurm_graph")
     copy_definition(root, optional=True)
     return root
 
