@@ -8,11 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Node, copy_definition, dvc_nodes, snakemake_nodes
+from helpers import REPO, Node, copy_definition, dvc_nodes, run, snakemake_nodes
 
 from burrscope.params import TRAINING_KEYS
 from burrscope.pipeline.codegraph import stage_code
 from burrscope.pipeline.generated import stale
+from burrscope.tracking.gitinfo import PIPELINE_INPUTS
 
 STAGE_MODULE_LINES, LIBRARY_MODULE_LINES = 80, 350
 
@@ -64,8 +65,16 @@ def stage_module(command: str) -> str:
 def test_each_stage_depends_on_exactly_the_code_its_command_runs(nodes: dict[str, Node]) -> None:
     """Editing a module reruns every stage that imports it, and only those (burrscope/pipeline/codegraph.py decides)."""
     for name, (command, deps, _, _) in nodes.items():
-        code = {dep for dep in deps if dep.startswith(("burrscope/", "stages/"))}
+        code = {dep for dep in deps if any(dep == path or dep.startswith(f"{path}/") for path in PIPELINE_INPUTS)}
         assert code == set(stage_code(REPO, stage_module(command))), name
+
+
+def test_the_report_depends_on_every_file_its_header_names_the_commit_of(nodes: dict[str, Node]) -> None:
+    """The report's header names the last commit that changed PIPELINE_INPUTS (burrscope/report/origin.py). A commit
+    that changes one of those files but no output must rerun the report too: else the committed report names an
+    older commit than `dvc repro` from nothing at that commit does, and dirties git."""
+    tracked = set(run(["git", "ls-files", *PIPELINE_INPUTS], REPO).stdout.split())
+    assert "burrscope/training/setup.py" in tracked and tracked <= nodes["report"][1]
 
 
 def test_no_stage_module_imports_another() -> None:

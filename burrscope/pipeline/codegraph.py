@@ -16,7 +16,13 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+from burrscope.tracking.gitinfo import PIPELINE_INPUTS
+
 PACKAGES = ("burrscope", "stages")
+# Stages whose output names the last commit that changed anything the pipeline reads (the report's header,
+# burrscope/report/origin.py) depend on all of it, PIPELINE_INPUTS. Else a commit that changed code but no output
+# would leave the report as it was, naming an older commit than the same commit run from nothing names.
+NAME_THE_INPUTS_COMMIT = ("report",)
 # The repository (or installed tree) that holds the `burrscope` package and `stages/`.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,6 +101,18 @@ def code_files(root: Path, module: str) -> list[str]:
     return sorted(path.relative_to(root).as_posix() for path in found)
 
 
+def pipeline_inputs(root: Path) -> list[str]:
+    """Paths, relative to `root` and sorted, of every file of PIPELINE_INPUTS but Python's bytecode caches."""
+    root = Path(root)
+    found: list[Path] = []
+    for name in PIPELINE_INPUTS:
+        path = root / name
+        found += (
+            [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+        )
+    return sorted(path.relative_to(root).as_posix() for path in found)
+
+
 def stage_code(root: Path, stage: str) -> list[str]:
     """What `python -m stages.<stage>` runs and reads: its DVC deps and Snakemake code inputs."""
-    return code_files(root, f"stages.{stage}")
+    return pipeline_inputs(root) if stage in NAME_THE_INPUTS_COMMIT else code_files(root, f"stages.{stage}")

@@ -12,8 +12,10 @@ GIT_TIMEOUT_S = 10
 # the code and data differ from their commit, since DVC rewrites them during the very run that asks.
 PIPELINE_OUTPUTS = ("dvc.lock", "results", "reports")
 WRITTEN_BY_DVC = ":(top,exclude,glob)**/.gitignore"
-# What every stage may read besides the data: the library, the stage commands, the pipeline's definition and params.
-PIPELINE_INPUTS = ("burrscope", "stages", "dvc.yaml", "params.yaml")
+# What every stage may read besides the data: the library, the stage commands and the params. The report depends on
+# all of it (codegraph.NAME_THE_INPUTS_COMMIT), so not dvc.yaml, which DVC refuses as a dependency: a commit that
+# changes a stage's definition reruns that stage, and the report too when the stage's outputs change.
+PIPELINE_INPUTS = ("burrscope", "stages", "params.yaml")
 
 
 def git(cwd: str, *args: str) -> str | None:
