@@ -72,7 +72,7 @@ def sacct(ids: list[str]) -> list[dict[str, str]]:
 def runs(slurm_cluster: None, module_folder: Callable[[str], Path]) -> Iterator[Runs]:
     roots = {name: make_project(module_folder(name)) for name in ("slurm", "failing")}
     add_corrupt_image(roots["failing"])
-    commands = {name: [*SLURM, *OVERRIDE, TARGET] for name in roots}
+    commands = {name: [*SLURM, TARGET, *OVERRIDE] for name in roots}  # --default-resources takes every word after it
     logs = {name: roots[name].parent / f"{name}.out" for name in commands}
     started = time.monotonic()
     processes = {}
