@@ -18,11 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from faultkit.lab import FAST, Plan  # benchmarks/ is on the path (pyproject.toml)
+from faultkit.kills import LOCKFILE_CUT, restore_lockfile  # benchmarks/ is on the path (pyproject.toml)
+from faultkit.lab import FAST, Plan
 from faultkit.outcome import Tally
 from faultkit.procs import Finished
 from faults import KINDS, campaign
-from helpers import REPO, copy_definition, output, run, user_env
+from helpers import REPO, copy_definition, copy_project, output, run, user_env
 
 # One thread per fold: the other test files run beside this one under pytest-xdist.
 SMALL = Plan(
@@ -135,3 +136,22 @@ def test_a_moment_is_drawn_over_the_chosen_stages_and_counted_from_the_stages_st
     assert run.moment_in(0.0) == ("split", 0.0)
     assert run.moment_in(0.5) == ("train@0", 2.5)  # 3.5 of the 7 s
     assert run.moment_in(0.75, lambda stage: stage.startswith("train@")) == ("train@1", 0.5)  # 4.5 of the 6 s
+
+
+@pytest.mark.e2e
+def test_a_dvc_lock_cut_short_by_a_kill_stops_the_rerun_and_restoring_it_recovers(
+    pipeline_run: Path, tmp_path: Path
+) -> None:
+    """What the campaign found: DVC rewrites dvc.lock in place after each stage, so a kill meanwhile leaves it cut
+    short and the same command stops at once. The step back docs/reliability.md gives (kills.restore_lockfile)
+    then finds every output as it was."""
+    project = copy_project(pipeline_run, tmp_path / "project")
+    env = user_env(project)
+    lockfile = project / "dvc.lock"
+    whole = lockfile.read_bytes()
+    lockfile.write_bytes(whole[: whole.index(b"md5:", len(whole) // 3) + 2])  # ends in a key's first letters: no YAML
+    stopped = run(["dvc", "repro"], project, env, check=False)
+    assert stopped.returncode != 0 and LOCKFILE_CUT.search(stopped.stdout + stopped.stderr), stopped.stderr
+    restore_lockfile(project)
+    assert "Data and pipelines are up to date" in output(["dvc", "repro"], project, env)
+    assert lockfile.read_bytes() == whole and not run(["git", "status", "--porcelain"], project, env).stdout

@@ -3,25 +3,50 @@ seeded moments, then run again with the same command; and a second `dvc repro` s
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 from faultkit.lab import DVC, SNAKEMAKE, Lab
 from faultkit.outcome import Tally, Trial
 from faultkit.procs import DVC_STAGE, SNAKEMAKE_JOB, Lines
 
 LOCKED = "Directory cannot be locked"  # Snakemake's refusal while its lock is left by a killed run
+AFTER = {"unlocked": " after snakemake --unlock", "restored dvc.lock": " after restoring dvc.lock"}  # a trial's notes
 # DVC's refusals while another `dvc repro` runs: its workspace lock (held except while a stage's command runs), or
 # the lock on the outputs of the stage the other one runs.
 DVC_LOCKED = ("Unable to acquire lock", "is busy, it is being blocked by")
+# DVC rewrites dvc.lock in place after each stage (dvc/utils/serialize/_common.py opens it "w+"; a few tenths of a
+# second for the demo's): a kill meanwhile leaves it cut short, and the rerun stops at once with one of these.
+# docs/reliability.md gives the step back, which restore_lockfile takes.
+LOCKFILE_CUT = re.compile(r"'(\./)?dvc\.lock' (is invalid|validation failed)")
 
 
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def errors(output: str) -> str:
+    """What a failed command said: its `ERROR`/`error:` lines, else its first line."""
+    lines = [line for line in output.splitlines() if line.startswith(("ERROR", "error:"))]
+    return " / ".join(line[:300] for line in lines or [line for line in output.splitlines() if line.strip()][:1])
+
+
+def restore_lockfile(root: Path) -> None:
+    """dvc.lock as last committed, or none where it never was (`dvc repro` then restores every stage from its run
+    cache): the step back after a kill cut it short."""
+    committed = ["git", "ls-files", "--error-unmatch", "dvc.lock"]
+    if subprocess.run(committed, cwd=root, capture_output=True, check=False).returncode == 0:
+        subprocess.run(["git", "checkout", "--", "dvc.lock"], cwd=root, capture_output=True, check=True)
+    else:
+        (root / "dvc.lock").unlink()
+
+
 def killed_trial(lab: Lab, tool: str, name: str, moment: float) -> Trial:
-    """One run of `tool` killed at `moment`, then the same command again (for Snakemake, after `snakemake
-    --unlock` when its stale lock refuses the rerun, as its message says)."""
+    """One run of `tool` killed at `moment`, then the same command again: for Snakemake after `snakemake --unlock`
+    when its stale lock refuses the rerun, as its message says; for DVC after restore_lockfile when the kill cut
+    dvc.lock short."""
     root = lab.trial(name)
     command = lab.command(tool)
     first = lab.run(command, root, kill_at=moment)
@@ -31,12 +56,18 @@ def killed_trial(lab: Lab, tool: str, name: str, moment: float) -> Trial:
         lab.run(["snakemake", "--unlock"], root)
         notes.append("unlocked")
         rerun = lab.run(command, root)
+    if tool == DVC and rerun.returncode != 0 and LOCKFILE_CUT.search(rerun.output):
+        restore_lockfile(root)
+        notes.append("restored dvc.lock")
+        rerun = lab.run(command, root)
     trial = lab.judge(root, tool=tool, injected=first.killed, recovered=rerun.returncode == 0, notes=notes)
     where = first.running_at(moment, DVC_STAGE if tool == DVC else SNAKEMAKE_JOB)
     verdict = "finished before the kill" if not first.killed else f"killed in {where}"
+    failure = "" if trial.recovered else f" ({errors(rerun.output)})"
     progress(
-        f"{name}: at {moment:.1f} s {verdict}; rerun {'ok' if trial.recovered else 'FAILED'} in {rerun.seconds:.0f} s"
-        f"{' after snakemake --unlock' if notes else ''}; "
+        f"{name}: at {moment:.1f} s {verdict}; rerun {'ok' if trial.recovered else 'FAILED'}{failure} in "
+        f"{rerun.seconds:.0f} s"
+        f"{''.join(AFTER[note] for note in notes)}; "
         f"{'identical' if trial.identical else 'DIFFERENT: ' + ', '.join(trial.differences[:5])}; "
         f"stuck runs {len(trial.stuck)}{': ' + ', '.join(trial.stuck) if trial.stuck else ''}"
     )
@@ -61,6 +92,9 @@ def kills(lab: Lab, tool: str, count: int) -> Tally:
     unlocked = sum("unlocked" in t.notes for t in tally.trials if t.injected)
     if unlocked:
         tally.notes.append(f"{unlocked} reruns needed `snakemake --unlock` first, as Snakemake's message says")
+    restored = sum("restored dvc.lock" in t.notes for t in tally.trials if t.injected)
+    if restored:
+        tally.notes.append(f"{restored} reruns found dvc.lock cut short by the kill, and ran after restoring it")
     return tally
 
 
@@ -85,10 +119,9 @@ def second_repro(lab: Lab) -> Tally:
     refused = bool(second) and second[0].returncode != 0 and any(text in second[0].output for text in DVC_LOCKED)
     notes = [] if refused else ["the second run was not refused with DVC's lock message"] * bool(second)
     trial = lab.judge(root, tool=DVC, injected=bool(second), recovered=refused and first.returncode == 0, notes=notes)
-    refusal = [line for line in second[0].output.splitlines() if line.startswith("ERROR")] if second else []
     progress(
         f"second dvc repro {offset / 2:.1f} s into {stage}: exit {second[0].returncode if second else '-'}: "
-        f"{(refusal or ['never started'])[0][:200]}; the first: exit {first.returncode}, "
+        f"{errors(second[0].output)[:200] if second else 'never started'}; the first: exit {first.returncode}, "
         f"{'identical' if not trial.differences else 'DIFFERENT: ' + ', '.join(trial.differences[:5])}"
     )
     tally.trials.append(trial)
