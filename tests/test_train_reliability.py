@@ -197,16 +197,6 @@ def test_train_deterministic_switches_torch_to_deterministic_kernels(
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 
 
-def test_the_default_of_no_deterministic_kernels_costs_a_new_process_no_torch_inductor_import() -> None:
-    """torch.use_deterministic_algorithms imports torch._inductor, about 2 s of CPU at every fold's start."""
-    code = (
-        "import sys, torch; from burrscope.training.setup import configure_determinism; "
-        "configure_determinism(False, False, torch.device('cpu')); print('torch._inductor' in sys.modules)"
-    )
-    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert imported.stdout.split() == ["False"]
-
-
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:///{tmp}/a_file/sub/mlflow.db"])
 def test_unreachable_mlflow_fails_at_once_naming_the_uri(
     tmp_path: Path, three_folds: Callable[..., Params], monkeypatch: pytest.MonkeyPatch, uri: str
@@ -241,12 +231,12 @@ def train_cmd(out: str, fold: int | str = 1) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(
-    module_folder: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
     make_notch: Callable[..., pd.DataFrame],
     three_folds: Callable[..., Params],
 ) -> Path:
     """params.yaml, 24 tiny images in 3 folds, and one uninterrupted run of fold 1 in `ref/`."""
-    root = module_folder("project")
+    root = tmp_path_factory.mktemp("project")
     make_notch(root / "images", 24).to_csv(root / "folds.csv", index=False)
     # A checkpoint after every epoch, so that a kill can land between two of them however fast the machine is.
     params = three_folds(epochs=4, train={"checkpoint_every_s": 0})

@@ -31,10 +31,7 @@ def configure_determinism(deterministic: bool, benchmark: bool, device: torch.de
     if deterministic:
         # cuBLAS reads this when CUDA first creates its handle, so it must be set before any CUDA work.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if deterministic or torch.are_deterministic_algorithms_enabled():
-        # Only to change the setting, which a new process starts with off: the call imports torch._inductor, about
-        # 2 s of CPU at every fold's start.
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and benchmark and not deterministic
 
