@@ -130,6 +130,17 @@ def recipe(params: Params) -> Recipe:
 
 
 @pytest.fixture
+def unreachable_mlflow(monkeypatch: pytest.MonkeyPatch) -> str:
+    """MLFLOW_TRACKING_URI pointed where nothing listens (the discard port), with one try per request: logging
+    rides out a server restart with a minute of retries (store.LOGGING_LIMITS), a user's own setting wins, and a
+    test of the outcome needs none of them."""
+    uri = "http://127.0.0.1:9"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return uri
+
+
+@pytest.fixture
 def tracked_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty folder to track into (its own mlflow.db, as a fresh workspace has), with a two-fold folds.csv and
     none of the caller's MLflow or DVC settings."""

@@ -86,12 +86,12 @@ def test_the_stage_writes_its_findings_warns_and_leaves_the_labels_alone(
     capsys: pytest.CaptureFixture[str],
     composite_folder: Callable[..., int],
     resize_folder: Callable[..., int],
+    unreachable_mlflow: str,  # the stage only warns
 ) -> None:
     table = project(tmp_path, composite_folder, resize_folder)
     doubted = fake_outputs(tmp_path, table)
     labels_before = (tmp_path / "labels.csv").read_bytes()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: the stage only warns
     arguments = ["labels.csv", "manifest.csv", "data/processed/images", "data/processed/folds.csv"]
     monkeypatch.setattr(sys, "argv", ["audit", *arguments, "results/aggregate/predictions.csv", "results/audit"])
     main()

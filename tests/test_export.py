@@ -215,15 +215,15 @@ def test_final_model_is_exported_and_an_unreachable_store_costs_no_file(
     tmp_path: Path,
     export_params: Callable[..., Params],
     monkeypatch: pytest.MonkeyPatch,
+    unreachable_mlflow: str,
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     # The final model is built as the folds are: their templates serve it.
     monkeypatch.setenv(export_cache.CACHE_ENV, str(warm_cache(workspace, exported, tmp_path / "cache")))
     summary = run_export(workspace, tmp_path, export_params(final=["all"]), tmp_path / "out")
     assert [Path(c["path"]).parent.name for c in summary["source_checkpoints"]] == ["final"]
     assert summary["run_log"]["templates"] == "cached"
     status = summary["run_log"]["mlflow"]["status"]
-    assert status.startswith("failed: logging and registering the model: MLflow tracking at http://127.0.0.1:9 is")
+    assert status.startswith(f"failed: logging and registering the model: MLflow tracking at {unreachable_mlflow} is")
     assert "fix MLFLOW_TRACKING_URI" in status
     images = torch.rand(3, 3, SIZE, SIZE)
     with torch.inference_mode():

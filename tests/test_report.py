@@ -467,9 +467,8 @@ def test_the_header_links_the_pipeline_runs_mlflow_parent(tmp_path: Path, binary
 
 
 def test_an_unreachable_mlflow_server_leaves_the_report_without_a_run(
-    tmp_path: Path, binary: Inputs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, binary: Inputs, unreachable_mlflow: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     assert "no MLflow run" in header(report(tmp_path, binary))
     assert "warning: report: MLflow run not looked up" in capsys.readouterr().err
 

@@ -151,15 +151,11 @@ def test_aggregate_without_trained_folds_logs_nothing(tracked_workspace: Path, p
 
 
 def test_aggregate_with_an_unreachable_store_reports_the_failure_without_raising(
-    tracked_workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tracked_workspace: Path, params: Params, unreachable_mlflow: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
-    # Logging rides out a server restart (a minute of retries, store.LOGGING_LIMITS); a user's own setting wins,
-    # and this test needs only the outcome.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     parent, status = log_aggregate(params, tracked_workspace / "folds.csv", {"x": 1.0}, [])
     assert parent is None
-    assert status.startswith("failed: logging the cross-validated summary: MLflow tracking at http://127.0.0.1:9 is")
+    assert status.startswith(f"failed: logging the cross-validated summary: MLflow tracking at {unreachable_mlflow} is")
     assert status.endswith("fix MLFLOW_TRACKING_URI (or start its server), or unset it to track into sqlite:///"
                            f"{tracked_workspace / 'mlflow.db'}.")  # fmt: skip
     assert capsys.readouterr().err.count("warning: MLflow failed") == 1
@@ -186,17 +182,13 @@ def test_the_final_model_joins_the_closed_parent_but_a_rerun_fold_gets_a_new_one
 
 
 def test_export_to_an_unreachable_store_is_a_recorded_failure(
-    tracked_workspace: Path, params: Params, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tracked_workspace: Path, params: Params, unreachable_mlflow: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
-    # Logging rides out a server restart (a minute of retries, store.LOGGING_LIMITS); a user's own setting wins,
-    # and this test needs only the outcome.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     outcome = log_export(
         with_registered_model(params, "burrscope-test"), tracked_workspace / "folds.csv", model={}, tags={}
     )
     when = "failed: logging and registering the model: "
-    assert outcome["status"].startswith(f"{when}MLflow tracking at http://127.0.0.1:9 is unreachable")
+    assert outcome["status"].startswith(f"{when}MLflow tracking at {unreachable_mlflow} is unreachable")
     assert "fix MLFLOW_TRACKING_URI" in outcome["status"] and "run_id" not in outcome
     assert outcome["registered_model"] == "burrscope-test"
     assert "warning: MLflow failed" in capsys.readouterr().err
