@@ -54,7 +54,7 @@ ROOT_NEEDED = (
 
 
 # The files that wait or run longest (the fault campaign, the DVC runs, the services), first: pytest-xdist hands
-# out whole files in collection order (pyproject.toml's addopts), so the quick files fill in around them.
+# out whole files in collection order (pyproject.toml's addopts), so the quick files fill in around them and last.
 STARTED_FIRST = [
     "test_faults.py",
     "test_pipeline_e2e.py",  # makes `pipeline_run`, which the next e2e files wait for: they start after it
@@ -64,6 +64,17 @@ STARTED_FIRST = [
     "test_curve_and_queue_e2e.py",
     "test_dvc_remote_ssh.py",
     "test_snakemake_e2e.py",
+    # then the longest of the rest, so that the last files to start are short ones and no core idles at the end
+    "test_export.py",
+    "test_reproducibility.py",
+    "test_train_reliability.py",
+    "test_report.py",
+    "test_tracking.py",
+    "test_run_provenance.py",
+    "test_predict.py",
+    "test_champion.py",
+    "test_strategies.py",
+    "test_moved_workspace.py",
 ]
 
 

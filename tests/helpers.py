@@ -110,9 +110,12 @@ def output(cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> s
 
 
 def user_env(root: Path, **extra: str) -> dict[str, str]:
-    """The environment of a user with the project's venv activated, none of the caller's MLflow, DVC, Snakemake or
-    SLURM settings, and a git identity."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "SNAKEMAKE_", "SLURM_"))}
+    """The environment of a user with the project's venv activated, none of the caller's MLflow, DVC, Snakemake,
+    SLURM or Burrscope settings, and a git identity. So a project keeps its caches in its own .burrscope-cache, as
+    a user's workspace does, and a copy of a finished project finds its frozen features and export templates there
+    (conftest's own_feature_cache gives each test's in-process calls a cache of their own)."""
+    prefixes = ("MLFLOW_", "DVC_", "SNAKEMAKE_", "SLURM_", "BURRSCOPE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["DVC_NO_ANALYTICS"] = "1"
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"

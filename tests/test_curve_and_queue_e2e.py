@@ -43,7 +43,7 @@ def test_a_queued_experiment_logs_to_the_workspace_store(pipeline_run: Path, tmp
     deadline = time.monotonic() + 600
     while re.search(r"\b(Queued|Running)\b", status := output(["dvc", "queue", "status"], project, env)):
         assert time.monotonic() < deadline, status
-        time.sleep(2)
+        time.sleep(5)  # each look is a `dvc` process: over half a second of CPU the other test files need
     assert re.search(r"queued\b[^\n]*\bSuccess", status), status
     new = [r for r in mlflow_runs(project / "mlflow.db") if r not in before]
     assert [r[1] for r in new] == ["export"]  # a new threshold retrains nothing: only the export is logged again

@@ -2,7 +2,8 @@
 recovery commands it relies on.
 
 The campaign runs on a tiny copy (4 demo images per class, 32 px, up to `aggregate`): two `dvc repro` kills, one
-`snakemake --cores 2` kill, and one of each other fault, split in three campaigns that run at once. As root it
+`snakemake --cores 2` kill, and one of each other fault (of the corrupt files, one run: a corrupted feature-cache
+entry and a corrupted checkpoint), split in three campaigns that run at once. As root it
 also fills a tmpfs and kills an MLflow server of scripts/mlflow_server.sh; without root those two are skipped (the
 campaign says so).
 """
@@ -29,6 +30,7 @@ from helpers import REPO, copy_definition, copy_project, output, run, user_env
 SMALL = Plan(
     kills=2,
     snakemake_kills=1,
+    cache_damage=("corrupted",),
     per_class=4,
     target="aggregate",
     settings=FAST | {"resize.img_size": 32, "train.cpu_threads": 1},

@@ -28,11 +28,13 @@ DVC, SNAKEMAKE = "dvc", "snakemake"
 @dataclass(frozen=True)
 class Plan:
     """What the campaign runs: `kills` DVC kills and `snakemake_kills` Snakemake kills at moments drawn from `seed`;
-    params `settings`; `per_class` demo images per class (None: all); `target`, a stage to stop at (None: the whole
-    pipeline); `only`, the fault kinds to run (empty: all)."""
+    `cache_damage`, the feature-cache entries damaged, one fresh run each (the last run also meets a corrupted
+    checkpoint); params `settings`; `per_class` demo images per class (None: all); `target`, a stage to stop at
+    (None: the whole pipeline); `only`, the fault kinds to run (empty: all)."""
 
     kills: int = 20
     snakemake_kills: int = 20
+    cache_damage: tuple[str, ...] = ("truncated", "corrupted")
     seed: int = 21
     settings: Mapping[str, Any] = field(default_factory=lambda: dict(FAST))
     per_class: int | None = None

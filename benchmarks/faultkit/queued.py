@@ -64,7 +64,7 @@ def queued_run(lab: Lab, name: str, jobs: int) -> tuple[Path, bool, bool]:
     status = {}
     deadline = time.monotonic() + 20 * lab.baseline(DVC).run.seconds
     while time.monotonic() < deadline:
-        time.sleep(3)
+        time.sleep(5)  # each look is a `dvc` process: over half a second of CPU the experiments need
         status = queue_status(lab, root)
         if len(status) == len(EXPERIMENTS) and not {"Running", "Queued"} & set(status.values()):
             break

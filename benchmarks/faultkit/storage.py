@@ -148,20 +148,17 @@ def damaged_run(lab: Lab, name: str, *, entry: str, checkpoint: Path | None, fol
 
 
 def corrupt_files(lab: Lab) -> Tally:
-    """Two fresh runs: one meets a truncated feature-cache entry, the other a corrupted one and a corrupted
-    checkpoint of a seeded fold."""
+    """A fresh run per damaged feature-cache entry of the plan (by default two: a truncated entry, then a corrupted
+    one); the last also meets a corrupted checkpoint of a seeded fold."""
     tally = Tally("corrupt cache entry or checkpoint")
     fold = lab.plan.rng("corrupt-files").choice(list(lab.plan.settings.get("split.fold_ids", [0, 1])))
     checkpoint = taken_checkpoint(lab, fold)
-    tally.trials += damaged_run(lab, "cache-truncated", entry="truncated", checkpoint=None, fold=fold)
     if not checkpoint.is_file():
         tally.notes.append("no checkpoint could be taken: the fold ended first")
-    tally.trials += damaged_run(
-        lab,
-        "cache-and-checkpoint-corrupted",
-        entry="corrupted",
-        checkpoint=checkpoint if checkpoint.is_file() else None,
-        fold=fold,
-    )
+    for i, entry in enumerate(lab.plan.cache_damage, 1):
+        last = i == len(lab.plan.cache_damage)
+        with_checkpoint = checkpoint if last and checkpoint.is_file() else None
+        name = f"cache-{entry}" + ("-and-checkpoint" if with_checkpoint else "")
+        tally.trials += damaged_run(lab, name, entry=entry, checkpoint=with_checkpoint, fold=fold)
     tally.notes += [note for trial in tally.trials for note in trial.notes]
     return tally
