@@ -2,9 +2,9 @@
 finished again and compared with an uninterrupted run.
 
 In temporary copies of the repository (the working tree's code, committed or not; benchmarks/workspace.py), with
-fast params (1 epoch, 64 px, 2 folds, a checkpoint after every epoch), it first records an uninterrupted `dvc repro`
-(and `snakemake --cores 2`), then for each fault repeats the run with the fault injected, finishes it and compares
-every output file's hash and dvc.lock, the pooled metrics, partial files left behind, and MLflow runs left RUNNING:
+fast params (1 epoch, 64 px, 2 folds, a checkpoint after every epoch), it first records an uninterrupted `dvc repro`,
+then for each fault repeats the run with the fault injected (Snakemake's too), finishes it and compares every
+output file's hash and dvc.lock, the pooled metrics, partial files left behind, and MLflow runs left RUNNING:
 
   1. `dvc repro` killed (SIGKILL to all it started) at --kills moments drawn uniformly over its duration, each
      in a fresh copy, then `dvc repro` again;

@@ -3,7 +3,7 @@ recovery commands it relies on.
 
 The campaign runs on a tiny copy (4 demo images per class, 32 px, up to `aggregate`): two `dvc repro` kills, one
 `snakemake --cores 2` kill, and one of each other fault (of the corrupt files, one run: a corrupted feature-cache
-entry and a corrupted checkpoint), split in three campaigns that run at once. As root it
+entry and a corrupted checkpoint), in three groups that run at once, all compared with one uninterrupted run. As root it
 also fills a tmpfs and kills an MLflow server of scripts/mlflow_server.sh; without root those two are skipped (the
 campaign says so).
 """
@@ -15,15 +15,14 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from faultkit.kills import LOCKFILE_CUT, restore_lockfile  # benchmarks/ is on the path (pyproject.toml)
-from faultkit.lab import FAST, Plan
+from faultkit.lab import FAST, Lab, Plan
 from faultkit.outcome import Tally
 from faultkit.procs import Finished
-from faults import KINDS, campaign
+from faults import KINDS
 from helpers import REPO, copy_definition, copy_project, output, run, user_env
 
 # One thread per fold: the other test files run beside this one under pytest-xdist.
@@ -36,33 +35,31 @@ SMALL = Plan(
     settings=FAST | {"resize.img_size": 32, "train.cpu_threads": 1},
 )
 ROOT_ONLY = {"disk-full", "mlflow-server"}
-# The kinds as three campaigns of their own, run at once: those that start from the uninterrupted `dvc repro`, the
-# Snakemake kills (which start from Snakemake's), and the MLflow server (two runs of its own).
-CAMPAIGNS = {
-    "faults-dvc": ("dvc-kills", "queue", "second-repro", "disk-full", "corrupt-files"),
-    "faults-snakemake": ("snakemake-kills",),
-    "faults-server": ("mlflow-server",),
-}
+# The kinds in three groups that run at once, in one campaign: every kind is compared with its one uninterrupted
+# `dvc repro`, which the first to ask makes. The Snakemake kill and the MLflow server each have a group of their
+# own, so that the longest group (the kinds that start from a copy of the uninterrupted run) starts at once.
+GROUPS = (
+    ("dvc-kills", "queue", "second-repro", "disk-full", "corrupt-files"),
+    ("snakemake-kills",),
+    ("mlflow-server",),
+)
 
 
 @pytest.fixture(scope="module")
 def tallies(module_folder: Callable[[str], Path]) -> dict[str, Tally]:
-    """Every fault kind's tally. The campaigns run in threads: they mostly wait, on their commands and on the
-    seeded moments of their faults, each in its own folder."""
-    folder = module_folder("faults")
+    """Every fault kind's tally. The groups run in threads: they mostly wait, on their commands and on the seeded
+    moments of their faults, each trial in its own copy."""
+    lab = Lab(module_folder("faults") / "campaign", SMALL)
 
-    def run_campaign(name: str) -> dict[str, Tally]:
-        plan = replace(SMALL, only=CAMPAIGNS[name])
-        kinds = [kind for kind in KINDS if kind in plan.only]  # campaign() runs them in KINDS' order
-        return dict(zip(kinds, campaign(plan, folder / name), strict=True))
+    def run_group(kinds: tuple[str, ...]) -> dict[str, Tally]:
+        return {kind: KINDS[kind](lab) for kind in kinds}
 
-    with ThreadPoolExecutor(len(CAMPAIGNS)) as pool:
-        return {kind: tally for made in pool.map(run_campaign, CAMPAIGNS) for kind, tally in made.items()}
+    with ThreadPoolExecutor(len(GROUPS)) as pool:
+        return {kind: tally for made in pool.map(run_group, GROUPS) for kind, tally in made.items()}
 
 
-def test_the_campaigns_run_every_fault_kind_once() -> None:
-    kinds = [kind for campaign_kinds in CAMPAIGNS.values() for kind in campaign_kinds]
-    assert sorted(kinds) == sorted(KINDS)
+def test_the_groups_run_every_fault_kind_once() -> None:
+    assert sorted(kind for group in GROUPS for kind in group) == sorted(KINDS)
 
 
 @pytest.mark.faults

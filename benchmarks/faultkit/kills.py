@@ -76,12 +76,13 @@ def killed_trial(lab: Lab, tool: str, name: str, moment: float) -> Trial:
 
 
 def kills(lab: Lab, tool: str, count: int) -> Tally:
-    """`count` runs of `tool`, each killed at a moment drawn uniformly over the uninterrupted run's duration."""
+    """`count` runs of `tool`, each killed at a moment drawn uniformly over the uninterrupted `dvc repro`'s duration
+    (Snakemake runs the same jobs, its two folds side by side, and takes about as long)."""
     kind = "dvc repro, kill -9" if tool == DVC else "snakemake --cores 2, kill -9"
     tally = Tally(kind)
     if count == 0:
         return tally
-    duration = lab.baseline(tool).run.seconds
+    duration = lab.baseline().run.seconds
     rng = lab.plan.rng(f"{tool}-kills")
     moments = [rng.uniform(0, duration) for _ in range(count)]
     for i, moment in enumerate(moments, 1):
@@ -106,7 +107,7 @@ def second_repro(lab: Lab) -> Tally:
     that stage's start in the first run: a moment on the whole run's clock could fall after the end of a run that
     goes faster (a busy machine makes the baseline slow)."""
     tally = Tally("second dvc repro meanwhile")
-    stage, offset = lab.baseline(DVC).run.moment_in(lab.plan.rng("second-repro").random())
+    stage, offset = lab.baseline().run.moment_in(lab.plan.rng("second-repro").random())
     root = lab.trial("second-repro")
     second = []
 

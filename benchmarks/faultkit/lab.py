@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ class Lab:
             keep_first_images(self.template, plan.per_class)
         git(self.template, "add", "-A")
         git(self.template, "commit", "-q", "-m", "fault campaign template")
-        self.baselines: dict[str, Baseline] = {}
+        self.uninterrupted: Baseline | None = None
+        self.baseline_made = threading.Lock()  # fault kinds may run in threads (tests/test_faults.py): one makes it
         self.log = folder / "campaign.log"
 
     def trial(self, name: str, source: Path | None = None) -> Path:
@@ -117,21 +119,27 @@ class Lab:
         env = options.pop("env", None) or environment()
         return run(command, root, env, log=self.log, **options)
 
-    def baseline(self, tool: str) -> Baseline:
-        """The uninterrupted run of `tool` (made once, kept for the copies some faults start from)."""
-        if tool not in self.baselines:
-            root = self.trial(f"baseline-{tool}")
-            finished = self.run(self.command(tool), root)
-            if finished.returncode != 0:
-                sys.exit(f"the uninterrupted {tool} run failed; see {self.log}")
-            self.baselines[tool] = Baseline(root, snapshot(root), finished)
-            print(f"baseline: {' '.join(self.command(tool))} took {finished.seconds:.1f} s", file=sys.stderr)
-        return self.baselines[tool]
+    def baseline(self) -> Baseline:
+        """The uninterrupted `dvc repro` that every fault is compared with, Snakemake's kills too (the two tools run
+        the same commands and write the same bytes): made once, by the first fault kind that asks, and kept for
+        the copies some faults start from."""
+        with self.baseline_made:
+            if self.uninterrupted is None:
+                root = self.trial("baseline")
+                finished = self.run(self.command(DVC), root)
+                if finished.returncode != 0:
+                    sys.exit(f"the uninterrupted dvc repro failed; see {self.log}")
+                self.uninterrupted = Baseline(root, snapshot(root), finished)
+                print(f"baseline: {' '.join(self.command(DVC))} took {finished.seconds:.1f} s", file=sys.stderr)
+            return self.uninterrupted
 
-    def judge(self, root: Path, *, tool: str, injected: bool, recovered: bool, **extra: Any) -> Trial:
-        """A trial's verdict: its outputs against the uninterrupted run's, partial files, stuck MLflow runs."""
-        expected = extra.pop("baseline", None) or self.baseline(tool).snapshot
-        found = differences(expected, snapshot(root), lock=tool == DVC)
+    def judge(
+        self, root: Path, *, tool: str, injected: bool, recovered: bool, same_params: bool = True, **extra: Any
+    ) -> Trial:
+        """A trial's verdict: its outputs against the uninterrupted run's, partial files, stuck MLflow runs. dvc.lock
+        is compared too where DVC ran the trial with the same params (its outputs' hashes are in the files')."""
+        expected = extra.pop("baseline", None) or self.baseline().snapshot
+        found = differences(expected, snapshot(root), lock=tool == DVC and same_params)
         found += [f"{name} left behind" for name in leftovers(root)]
         uri = extra.pop("uri", None) or f"sqlite:///{root / 'mlflow.db'}"
         experiment = yaml.safe_load((root / "params.yaml").read_text())["mlflow"]["experiment"]

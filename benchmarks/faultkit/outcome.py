@@ -17,6 +17,7 @@ import yaml
 OUTPUT_AREAS = ("data/interim", "data/processed", "results", "reports")
 POOLED_METRICS = ("results/aggregate/metrics.json", "results/aggregate/headline.json")
 SKIPPED_DIRS = {".git", ".dvc", ".snakemake"}
+BOOKKEEPING = {".gitignore", ".snakemake_timestamp"}  # files DVC and Snakemake add beside the outputs
 
 
 def partial(name: str) -> bool:
@@ -26,8 +27,8 @@ def partial(name: str) -> bool:
 
 @dataclass
 class Snapshot:
-    """A workspace's outputs: sha256 per file (DVC's .gitignore files left out: Snakemake writes none), dvc.lock,
-    the pooled metrics."""
+    """A workspace's outputs: sha256 per file (the tools' own bookkeeping left out: DVC's .gitignore files, and the
+    timestamp Snakemake may leave in a folder it wrote), dvc.lock, the pooled metrics."""
 
     files: dict[str, str]
     lock: dict[str, Any] | None
@@ -42,7 +43,7 @@ def snapshot(root: Path) -> Snapshot:
     files = {}
     for area in OUTPUT_AREAS:
         for path in sorted((root / area).rglob("*")):
-            if path.is_file() and path.name != ".gitignore" and not partial(path.name):
+            if path.is_file() and path.name not in BOOKKEEPING and not partial(path.name):
                 files[str(path.relative_to(root))] = sha256(path)
     lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").is_file() else None
     metrics = {name: json.loads((root / name).read_text()) for name in POOLED_METRICS if (root / name).is_file()}

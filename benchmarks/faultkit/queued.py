@@ -53,7 +53,7 @@ def ran_at_once(root: Path) -> bool:
 def queued_run(lab: Lab, name: str, jobs: int) -> tuple[Path, bool, bool]:
     """Both experiments queued in a committed copy of the uninterrupted run, without its feature cache, and run by
     `dvc queue start -j jobs`; the copy, whether they ran at once, and whether both succeeded."""
-    root = lab.trial(name, source=lab.baseline(DVC).root)
+    root = lab.trial(name, source=lab.baseline().root)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "the uninterrupted run's results")
     shutil.rmtree(root / ".burrscope-cache", ignore_errors=True)
@@ -62,7 +62,7 @@ def queued_run(lab: Lab, name: str, jobs: int) -> tuple[Path, bool, bool]:
         lab.run(["dvc", "exp", "run", "--queue", "-n", experiment, "-S", setting, *target], root)
     lab.run(["dvc", "queue", "start", "-j", str(jobs)], root)
     status = {}
-    deadline = time.monotonic() + 20 * lab.baseline(DVC).run.seconds
+    deadline = time.monotonic() + 20 * lab.baseline().run.seconds
     while time.monotonic() < deadline:
         time.sleep(5)  # each look is a `dvc` process: over half a second of CPU the experiments need
         status = queue_status(lab, root)

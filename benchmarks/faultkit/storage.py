@@ -38,7 +38,7 @@ def disk_full(lab: Lab) -> Tally:
     if os.geteuid() != 0:
         tally.notes.append("skipped: mounting a tmpfs needs root")
         return tally
-    baseline = lab.baseline(DVC)
+    baseline = lab.baseline()
     needed = folder_bytes(baseline.root / "results")
     size = int(lab.plan.rng("disk-full").uniform(0.25, 0.75) * needed)
     root = lab.trial("disk-full")
@@ -94,7 +94,7 @@ def flip_a_tensor_byte(path: Path) -> None:
 def taken_checkpoint(lab: Lab, fold: int) -> Path:
     """A real checkpoint of fold `fold`: in a scratch copy of the uninterrupted run, the fold retrained and killed
     as soon as its checkpoint (written after its last epoch, train.checkpoint_every_s: 0) exists."""
-    scratch = lab.trial("checkpoint-source", source=lab.baseline(DVC).root)
+    scratch = lab.trial("checkpoint-source", source=lab.baseline().root)
     checkpoint = scratch / "results" / "train" / f"fold_{fold}" / "checkpoint.pt"
 
     def taken(*_: object) -> None:
@@ -114,7 +114,7 @@ def damaged_run(lab: Lab, name: str, *, entry: str, checkpoint: Path | None, fol
     `corrupted`, and (with `checkpoint`) fold `fold`'s checkpoint corrupted, then `dvc repro`: each must be named
     in a warning and computed again, never used (the outputs are the uninterrupted run's)."""
     root = lab.trial(name)
-    cache = lab.baseline(DVC).root / ".burrscope-cache" / "features"
+    cache = lab.baseline().root / ".burrscope-cache" / "features"
     source = lab.plan.rng(name).choice(sorted(cache.glob("*.pt")))
     damaged = root / ".burrscope-cache" / "features" / source.name
     damaged.parent.mkdir(parents=True)
