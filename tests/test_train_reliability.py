@@ -231,12 +231,12 @@ def train_cmd(out: str, fold: int | str = 1) -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(
-    tmp_path_factory: pytest.TempPathFactory,
+    module_folder: Callable[[str], Path],
     make_notch: Callable[..., pd.DataFrame],
     three_folds: Callable[..., Params],
 ) -> Path:
     """params.yaml, 24 tiny images in 3 folds, and one uninterrupted run of fold 1 in `ref/`."""
-    root = tmp_path_factory.mktemp("project")
+    root = module_folder("project")
     make_notch(root / "images", 24).to_csv(root / "folds.csv", index=False)
     # A checkpoint after every epoch, so that a kill can land between two of them however fast the machine is.
     params = three_folds(epochs=4, train={"checkpoint_every_s": 0})
