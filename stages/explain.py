@@ -1,48 +1,34 @@
-"""Stage 6: Grad-CAM heatmaps of a fold's model on its held-out images: every mistake and a few correct ones.
+"""Stage 6: Grad-CAM heatmaps of every fold's model on its held-out images: every mistake and a few correct ones.
 
-Writes one overlay PNG per explained image and heatmaps.csv into the output folder, all at once.
+Writes, for each fold, one overlay PNG per explained image and heatmaps.csv into OUT_DIR/fold_<k>, all at once. One
+process explains every fold: a process per fold spent more time starting than explaining (3 to 4 s against under 1 s
+on 2 CPU cores).
 
 Arguments:
   IMAGES_DIR: resized model inputs (data/processed/images)
-  FOLD_DIR: the fold's training outputs: model.pt and predictions.csv
-  OUT_DIR: writes the overlays and heatmaps.csv
+  TRAIN_DIR: the folds' training outputs: fold_<k>/model.pt and predictions.csv
+  OUT_DIR: writes fold_<k>/ for every fold
 """
 
 from __future__ import annotations
 
-from burrscope.classes import prob_column
 from burrscope.console import path_arguments
-from burrscope.errors import DataError, user_errors
-from burrscope.inference.ensemble import load_ensemble
-from burrscope.inference.explain import explain_fold
+from burrscope.errors import user_errors
+from burrscope.inference.explain import explain_folds
 from burrscope.models.device import pin_cpu_numerics
-from burrscope.models.tensors import load_images
 from burrscope.params import load_params
-from burrscope.tables import PREDICTION_COLUMNS, RERUN, read_table
 
 
 def main() -> None:
-    args = path_arguments(__doc__, "images_dir", "fold_dir", "out_dir")
+    args = path_arguments(__doc__, "images_dir", "train_dir", "out_dir")
     with user_errors():
         params = load_params()
         pin_cpu_numerics(params.recipe.cpu_threads)  # the heatmaps as reproducible as the training that they explain
-        ensemble = load_ensemble([args.fold_dir / "model.pt"])
-        probs = [prob_column(label) for label in ensemble.classes]
-        table = read_table(args.fold_dir / "predictions.csv", [*PREDICTION_COLUMNS, *probs], numeric=["fold", *probs])
-        if table.empty:
-            raise DataError(f"{args.fold_dir / 'predictions.csv'} holds no held-out image; {RERUN}.")
-        images = load_images(args.images_dir, list(table["file"]))
-        fold = int(table["fold"].iloc[0])
-        explained = explain_fold(
-            ensemble.models[0],
-            images,
-            ensemble.normalisation,
-            table,
-            classes=ensemble.classes,
-            correct=params.explain_correct,
-            out_dir=args.out_dir,
+        explained = explain_folds(
+            args.images_dir, args.train_dir, params.folds, correct=params.explain_correct, out_dir=args.out_dir
         )
-    print(f"explain: {len(explained)} heatmaps of fold {fold} -> {args.out_dir}")
+    for fold, table in enumerate(explained):
+        print(f"explain: {len(table)} heatmaps of fold {fold} -> {args.out_dir / f'fold_{fold}'}")
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ TINY_PROJECT = {
 }
 PER_CLASS = 6  # demo images per class in make_project's project
 # The stages of make_project's two-fold project, as stages_run names them.
-FOLD_STAGES = {"train@0", "train@1", "explain@0", "explain@1"}
-AFTER_TRAINING = {"aggregate", "audit", "curve", "report", "export"}
+FOLD_STAGES = {"train@0", "train@1"}
+AFTER_TRAINING = {"explain", "aggregate", "audit", "curve", "report", "export"}
 PIPELINE_STAGES = {"normalise", "composite", "resize", "split", *FOLD_STAGES, *AFTER_TRAINING}
 # Snakemake keeps each job's log with `| tee`; DVC keeps its own. The command itself must match.
 LOG_SUFFIX = re.compile(r"\s*2>&1 \| tee \S+$")

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,29 +277,40 @@ def test_two_cli_runs_give_byte_identical_predictions_and_history(project: Path)
 
 
 @pytest.mark.cli
-def test_cli_explain_shows_every_mistake_and_some_correct_images_the_same_every_time(project: Path) -> None:
-    command = [sys.executable, "-m", "stages.explain", "images", "ref", "explain/fold_1"]
+def test_cli_explain_shows_every_mistake_and_some_correct_images_of_every_fold_the_same_every_time(
+    project: Path,
+) -> None:
+    # ref/ stands in for each of the three folds: the stage explains every fold_<k> of params' split.folds.
+    for fold in range(3):
+        shutil.copytree(project / "ref", project / "trained" / f"fold_{fold}", dirs_exist_ok=True)
+    command = [sys.executable, "-m", "stages.explain", "images", "trained", "explain/all"]
     done = subprocess.run(command, cwd=project, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "explain: " in done.stdout and "heatmaps of fold 1 -> explain/fold_1" in done.stdout
-    out = project / "explain" / "fold_1"
+    assert [line.split(" heatmaps of ")[1] for line in done.stdout.splitlines() if line.startswith("explain: ")] == [
+        f"fold {fold} -> explain/all/fold_{fold}" for fold in range(3)
+    ]
+    out = project / "explain" / "all"
+    assert sorted(p.name for p in out.iterdir()) == ["fold_0", "fold_1", "fold_2"]
     params = yaml.safe_load((project / "params.yaml").read_text())
     predictions = pd.read_csv(project / "ref" / "predictions.csv", dtype={"label": str, "predicted": str})
-    heatmaps = pd.read_csv(out / HEATMAPS, dtype={"label": str})
     wrong = set(predictions.loc[predictions["label"] != predictions["predicted"], "file"])
-    assert wrong <= set(heatmaps["file"])
-    assert heatmaps["correct"].sum() == min(params["train"]["explain_correct"], len(predictions) - len(wrong))
-    assert sorted(p.name for p in out.iterdir()) == sorted([HEATMAPS, *heatmaps["heatmap"]])
-    for name in heatmaps["heatmap"]:  # overlays on the model input, at its size
-        with Image.open(out / name) as overlay:
-            assert overlay.size == (params["resize"]["img_size"],) * 2
+    for fold in range(3):
+        heatmaps = pd.read_csv(out / f"fold_{fold}" / HEATMAPS, dtype={"label": str})
+        assert wrong <= set(heatmaps["file"])
+        assert heatmaps["correct"].sum() == min(params["train"]["explain_correct"], len(predictions) - len(wrong))
+        assert sorted(p.name for p in (out / f"fold_{fold}").iterdir()) == sorted([HEATMAPS, *heatmaps["heatmap"]])
+        for name in heatmaps["heatmap"]:  # overlays on the model input, at its size
+            with Image.open(out / f"fold_{fold}" / name) as overlay:
+                assert overlay.size == (params["resize"]["img_size"],) * 2
 
     # The stage again: the same files, byte for byte.
     rerun = [*command[:-1], "explain/again"]
     done = subprocess.run(rerun, cwd=project, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     again = project / "explain" / "again"
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in again.iterdir()}
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.*")} == {
+        p.relative_to(again): p.read_bytes() for p in again.rglob("*.*")
+    }
 
 
 @pytest.mark.cli
@@ -306,7 +318,7 @@ def test_cli_explain_without_a_trained_fold_is_one_line(project: Path) -> None:
     command = [sys.executable, "-m", "stages.explain", "images", "no_such_fold", "explain/none"]
     done = subprocess.run(command, cwd=project, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: no_such_fold/model.pt: cannot load model checkpoint")
+    assert done.stderr.startswith("error: no_such_fold/fold_0/model.pt: cannot load model checkpoint")
     assert not (project / "explain" / "none").exists()
 
 

@@ -24,10 +24,12 @@ from torch import nn
 
 from burrscope.classes import prob_column
 from burrscope.data.naming import png_names
-from burrscope.errors import UserError
+from burrscope.errors import DataError, UserError
 from burrscope.files import atomic_dir, atomic_path
+from burrscope.inference.ensemble import load_ensemble
 from burrscope.models.factory import Normalisation, standardise
-from burrscope.tables import HEATMAPS
+from burrscope.models.tensors import load_images
+from burrscope.tables import HEATMAPS, MODEL, PREDICTION_COLUMNS, PREDICTIONS, RERUN, read_table
 
 EXPLAIN_BATCH = 16  # the backward pass keeps every activation: bound the memory per step
 COLOUR_MAP = "jet"
@@ -173,6 +175,34 @@ def explain_fold(
             overlay(image, heat_map).save(tmp / name)
         result.to_csv(tmp / HEATMAPS, index=False)
     return result
+
+
+def explain_folds(images_dir: Path, train_dir: Path, folds: int, *, correct: int, out_dir: Path) -> list[pd.DataFrame]:
+    """explain_fold for every fold's model, train_dir/fold_<k>/model.pt, on its held-out images (the rows of its
+    predictions.csv, read from `images_dir`), into out_dir/fold_<k>; each fold's table, in fold order. `out_dir` is
+    written all at once: a killed run leaves no partial folder."""
+    explained = []
+    with atomic_dir(out_dir) as tmp:
+        for fold in range(folds):
+            fold_dir = train_dir / f"fold_{fold}"
+            ensemble = load_ensemble([fold_dir / MODEL])
+            probs = [prob_column(label) for label in ensemble.classes]
+            table = read_table(fold_dir / PREDICTIONS, [*PREDICTION_COLUMNS, *probs], numeric=["fold", *probs])
+            if table.empty:
+                raise DataError(f"{fold_dir / PREDICTIONS} holds no held-out image; {RERUN}.")
+            images = load_images(images_dir, list(table["file"]))
+            explained.append(
+                explain_fold(
+                    ensemble.models[0],
+                    images,
+                    ensemble.normalisation,
+                    table,
+                    classes=ensemble.classes,
+                    correct=correct,
+                    out_dir=tmp / f"fold_{fold}",
+                )
+            )
+    return explained
 
 
 def overlay_writer(

@@ -149,11 +149,11 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "explain",
-        "python -m stages.explain {images} " + FOLD_DIR + " {heatmaps}",
-        {"images": IMAGES, "model": f"{FOLD_DIR}/{FOLD_FILES[0]}", "predictions": f"{FOLD_DIR}/{PREDICTIONS}"},
-        {"heatmaps": Output(f"{EXPLAIN}/fold_{{fold}}", folder=True)},
-        ("train.explain_correct",),
-        foreach="split.fold_ids",
+        "python -m stages.explain {images} {train} {heatmaps}",
+        {"images": IMAGES, "train": TRAIN},
+        {"heatmaps": Output(EXPLAIN, folder=True)},
+        ("train.explain_correct", "split.folds"),
+        note="Every fold's heatmaps, in one process.",
     ),
     Stage(
         "aggregate",

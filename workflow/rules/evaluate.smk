@@ -1,4 +1,4 @@
-# After training: heatmaps per fold, pooled metrics, the data audit, the report and the exported model.
+# After training: every fold's heatmaps, pooled metrics, the data audit, the report and the exported model.
 
 
 rule explain:
@@ -7,13 +7,13 @@ rule explain:
     output:
         **outputs("explain"),
     log:
-        "logs/explain_{fold}.log",
+        "logs/explain.log",
     conda:
         "../envs/burrscope.yaml"
     params:
         tracked=tracked("explain"),
     message:
-        "Grad-CAM heatmaps of fold {wildcards.fold}"
+        "Grad-CAM heatmaps of every fold"
     shell:
         command("explain")
 
