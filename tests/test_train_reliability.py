@@ -314,12 +314,14 @@ def test_cli_explain_shows_every_mistake_and_some_correct_images_of_every_fold_t
 
 
 @pytest.mark.cli
-def test_cli_explain_without_a_trained_fold_is_one_line(project: Path) -> None:
-    command = [sys.executable, "-m", "stages.explain", "images", "no_such_fold", "explain/none"]
+def test_cli_explain_with_a_fold_not_trained_is_one_line_and_writes_nothing(project: Path) -> None:
+    shutil.copytree(project / "ref", project / "half" / "fold_0", dirs_exist_ok=True)  # folds 1 and 2 missing
+    command = [sys.executable, "-m", "stages.explain", "images", "half", "explain/none"]
     done = subprocess.run(command, cwd=project, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: no_such_fold/fold_0/model.pt: cannot load model checkpoint")
-    assert not (project / "explain" / "none").exists()
+    assert done.stderr.startswith("error: half/fold_1/model.pt: cannot load model checkpoint")
+    assert not (project / "explain" / "none").exists()  # not even fold 0's heatmaps
+    assert not [p.name for p in (project / "explain").glob(".none.*")]
 
 
 @pytest.mark.cli
