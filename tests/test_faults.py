@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 from faultkit.kills import LOCKFILE_CUT, restore_lockfile  # benchmarks/ is on the path (pyproject.toml)
 from faultkit.lab import FAST, Lab, Plan
-from faultkit.outcome import Tally
+from faultkit.outcome import Tally, differences, snapshot
 from faultkit.procs import Finished
 from faults import KINDS
 from helpers import REPO, copy_definition, copy_project, output, run, user_env
+
+from burrscope.tracking.lookup import run_page_name
 
 # One thread per fold: the other test files run beside this one under pytest-xdist.
 SMALL = Plan(
@@ -110,6 +112,31 @@ def test_a_job_killed_after_writing_some_outputs_is_rerun_by_the_same_command(de
 
 
 @pytest.mark.cli
+def test_a_snapshot_compares_the_declared_outputs_not_the_bookkeeping_beside_them(tmp_path: Path) -> None:
+    """What the default campaign found: every trial "differed" from the uninterrupted run by the page beside the
+    report that opens its MLflow run, whose run id is new every run (git-ignored, not an output of any stage)."""
+    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+    heatmaps = tmp_path / "results" / "explain" / "fold_0" / "heatmaps.csv"  # inside a folder output
+    heatmaps.parent.mkdir(parents=True)
+    heatmaps.write_text("file,label\n")
+    report, run_page = tmp_path / "reports" / "report.html", tmp_path / "reports" / run_page_name("0123abcd")
+    report.parent.mkdir()
+    report.write_text("<html>report</html>")
+    run_page.write_text("MLflow run 1")
+    uninterrupted = snapshot(tmp_path)
+    assert set(uninterrupted.files) == {"reports/report.html", "results/explain/fold_0/heatmaps.csv"}
+
+    run_page.write_text("MLflow run 2")  # the same outputs from another run
+    (tmp_path / "results" / ".gitignore").write_text("/explain\n")
+    assert differences(uninterrupted, snapshot(tmp_path)) == []
+    heatmaps.write_text("file,label\nimg.png,1\n")
+    report.unlink()
+    assert differences(uninterrupted, snapshot(tmp_path)) == [
+        "reports/report.html missing",
+        "results/explain/fold_0/heatmaps.csv differs",
+    ]
+
+
 def test_a_folder_dependency_hashes_the_same_with_or_without_dvcs_gitignore_entries(tmp_path: Path) -> None:
     """What the campaign's MLflow-server fault found: a failed `dvc repro` takes back the .gitignore entries it
     added, those of the stages that succeeded too, and the rerun skips those stages, so results/train may hold

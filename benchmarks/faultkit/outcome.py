@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from burrscope.pipeline.graph import outputs_in
+
 # Where the stages write (DVC's and Snakemake's outputs alike); logs/ holds timings, which differ from run to run.
 OUTPUT_AREAS = ("data/interim", "data/processed", "results", "reports")
 POOLED_METRICS = ("results/aggregate/metrics.json", "results/aggregate/headline.json")
@@ -27,8 +29,9 @@ def partial(name: str) -> bool:
 
 @dataclass
 class Snapshot:
-    """A workspace's outputs: sha256 per file (the tools' own bookkeeping left out: DVC's .gitignore files, and the
-    timestamp Snakemake may leave in a folder it wrote), dvc.lock, the pooled metrics."""
+    """A workspace's outputs: sha256 per file of every output the stages declare (the tools' own bookkeeping left
+    out: DVC's .gitignore files, and the timestamp Snakemake may leave in a folder it wrote), dvc.lock, the pooled
+    metrics."""
 
     files: dict[str, str]
     lock: dict[str, Any] | None
@@ -39,10 +42,18 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def declared_outputs(root: Path) -> list[Path]:
+    """The outputs the stages declare (burrscope/pipeline/graph.py) for the workspace's params.yaml, which DVC
+    tracks: not what else lands beside them, such as the page beside the report that opens its MLflow run, whose id
+    is new every run (git-ignored bookkeeping, like logs/)."""
+    config = yaml.safe_load((root / "params.yaml").read_text())
+    return [root / path for area in OUTPUT_AREAS for path in outputs_in(area, config)]
+
+
 def snapshot(root: Path) -> Snapshot:
     files = {}
-    for area in OUTPUT_AREAS:
-        for path in sorted((root / area).rglob("*")):
+    for output in declared_outputs(root):
+        for path in sorted([output, *output.rglob("*")] if output.is_dir() else [output]):
             if path.is_file() and path.name not in BOOKKEEPING and not partial(path.name):
                 files[str(path.relative_to(root))] = sha256(path)
     lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").is_file() else None
