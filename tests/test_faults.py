@@ -21,7 +21,7 @@ import pytest
 from faultkit.kills import LOCKFILE_CUT, restore_lockfile  # benchmarks/ is on the path (pyproject.toml)
 from faultkit.lab import FAST, Lab, Plan
 from faultkit.outcome import Tally, differences, snapshot
-from faultkit.procs import Finished
+from faultkit.procs import SNAKEMAKE_JOB, Finished
 from faults import KINDS
 from helpers import REPO, copy_definition, copy_project, output, run, user_env
 
@@ -154,6 +154,21 @@ def test_a_folder_dependency_hashes_the_same_with_or_without_dvcs_gitignore_entr
     run(["dvc", "repro", "-q"], tmp_path, env)
     (fold / ".gitignore").write_text("/model.pt\n")
     assert "Data and pipelines are up to date" in output(["dvc", "status"], tmp_path, env)
+
+
+@pytest.mark.cli
+def test_a_snakemake_kill_is_placed_in_the_job_that_was_running(definition: Path) -> None:
+    """Snakemake names a job by its rule's `message`, not as `rule <name>:`: the default campaign placed every
+    Snakemake kill "in start", before any job."""
+    dry = run(["snakemake", "--cores", "2", "-n", "data/processed/folds.csv"], definition, user_env(definition))
+    lines = [(float(at), f"{line}\n") for at, line in enumerate((dry.stdout + dry.stderr).splitlines())]
+    finished = Finished(returncode=0, lines=lines, seconds=float(len(lines)))
+    assert [job for job, _ in finished.marks(SNAKEMAKE_JOB)] == [
+        "Copying raw images under normalised names and joining the labels",
+        "Assigning stratified folds",
+    ]
+    assert finished.running_at(0.0, SNAKEMAKE_JOB) == "start"  # "Building DAG of jobs..."
+    assert finished.running_at(finished.seconds, SNAKEMAKE_JOB) == "Assigning stratified folds"
 
 
 def test_a_moment_is_drawn_over_the_chosen_stages_and_counted_from_the_stages_start() -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import psutil
 
-# What DVC and Snakemake print when a stage (job) starts.
+# What DVC and Snakemake print when a stage (job) starts: Snakemake names a rule by its `message` where it has one
+# ("Job 7: Training fold 1"; every rule of workflow/ has), else as `rule train:`.
 DVC_STAGE = re.compile(r"Running stage '([^']+)'")
-SNAKEMAKE_JOB = re.compile(r"^\s*(?:local)?rule (\w+):")
+SNAKEMAKE_JOB = re.compile(r"^\s*(?:(?:local)?rule (\w+):|Job \d+: (.+?))\s*$")
 Lines = list[tuple[float, str]]  # each output line, with the seconds since the start at which it appeared
 Watcher = Callable[[float, Lines], None]  # called with the seconds so far and the lines so far
 
@@ -40,8 +41,9 @@ class Finished:
         return "".join(line for _, line in self.lines)
 
     def marks(self, pattern: re.Pattern[str] = DVC_STAGE) -> list[tuple[str, float]]:
-        """(what started, seconds since the start) for every line matching `pattern` (group 1 names it)."""
-        return [(found[1], at) for at, line in self.lines if (found := pattern.search(line))]
+        """(what started, seconds since the start) for every line matching `pattern` (the group that matched names
+        it)."""
+        return [(found[found.lastindex or 0], at) for at, line in self.lines if (found := pattern.search(line))]
 
     def moment_in(self, draw: float, stages: Callable[[str], bool] = lambda name: True) -> tuple[str, float]:
         """A moment in the DVC stages that `stages` accepts, as (stage, seconds after it started): `draw` in [0, 1)
