@@ -23,6 +23,10 @@ PG_CLUSTER=burrscope
 DB=mlflow
 DB_USER=mlflow
 WORKERS=${BURRSCOPE_MLFLOW_WORKERS:-2}
+# uvicorn kills a worker that leaves its health ping unanswered for 5 s, with the requests it serves. On a 2-core
+# machine busy training folds, a worker starting up or serving its first request can be that slow, and a fold
+# saw its connection aborted. A worker that is really hung still goes, after a minute.
+WORKER_HEALTHCHECK_S=${BURRSCOPE_MLFLOW_WORKER_HEALTHCHECK_S:-60}
 MLFLOW=${MLFLOW:-mlflow}
 
 PIDFILE=$STATE/mlflow-$PORT.pid
@@ -93,7 +97,7 @@ stop_postgres() {
 
 is_our_server() { # is_our_server PID PORT: that process is `mlflow server ... --port PORT` (not a reused pid)
     local command
-    command=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+    command=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
     [[ $command == *" server "* && $command == *" --port $2 "* ]]
 }
 
@@ -118,11 +122,15 @@ start() {
         return 0
     fi
     ! healthy || die "something else already answers on 127.0.0.1:$PORT; choose another PORT"
-    # Its own session, so that `stop` can end the server and its workers together.
-    PGPASSFILE=$PGPASS setsid "$MLFLOW" server \
+    # Its own session, so that `stop` can end the server and its workers together. Without MLflow's job runner:
+    # its eight processes serve GenAI features (online scoring, trace archival) that Burrscope never uses, and
+    # load the machine the folds train on. A user's own MLFLOW_SERVER_ENABLE_JOB_EXECUTION wins.
+    PGPASSFILE=$PGPASS MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+        setsid "$MLFLOW" server \
         --backend-store-uri "postgresql://$DB_USER@127.0.0.1:$PG_PORT/$DB" \
         --artifacts-destination "$STATE/artifacts" --serve-artifacts \
-        --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" </dev/null >>"$LOGFILE" 2>&1 &
+        --host 127.0.0.1 --port "$PORT" --workers "$WORKERS" \
+        --uvicorn-opts "--timeout-worker-healthcheck $WORKER_HEALTHCHECK_S" </dev/null >>"$LOGFILE" 2>&1 &
     echo $! >"$PIDFILE"
     wait_healthy
     say "running on http://127.0.0.1:$PORT (pid $(server_pid)): export MLFLOW_TRACKING_URI=http://127.0.0.1:$PORT"
