@@ -16,9 +16,9 @@ from typing import Any
 import yaml
 from workspace import REPO, set_params
 
-from faultkit.kills import progress
+from faultkit.kills import errors, progress
 from faultkit.lab import DVC, Lab, environment
-from faultkit.outcome import Tally
+from faultkit.outcome import Tally, snapshot
 from faultkit.procs import DVC_STAGE, Finished, Lines
 
 STATE = Path(os.environ.get("BURRSCOPE_MLFLOW_STATE", "/var/lib/burrscope-mlflow"))  # scripts/mlflow_server.sh's
@@ -71,7 +71,10 @@ def incomplete_runs(uri: str, experiment: str, params: dict[str, Any], *, export
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=5000)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return ["no run reached the server"]
+    runs = client.search_runs([found.experiment_id], max_results=5000)
     parents = sorted((r for r in runs if "burrscope_pipeline_key" in r.data.tags), key=lambda r: r.info.start_time)
     if not parents:
         return ["no parent run"]
@@ -118,39 +121,54 @@ def run_with_outage(
 
 
 def server_killed(lab: Lab) -> Tally:
-    """Against a server of its own: a run whose server is killed at a seeded moment while the folds train (a moment
-    of the uninterrupted run's) and started again a seeded 1 to 5 s later (the restart itself takes tens of
-    seconds), then `dvc repro` again. Its outputs are compared with the uninterrupted run's, which tracked into
-    SQLite: where runs are tracked changes no output."""
+    """Against a server of its own: an uninterrupted `dvc repro` tracked into it, then a run whose server is killed
+    at a seeded moment while the folds train (a moment of the uninterrupted run's) and started again a seeded 1 to
+    5 s later (the restart itself takes tens of seconds), then `dvc repro` again. Its outputs are compared with the
+    uninterrupted server run's: both track into the same server under the same MLflow names, so that even the
+    report, which names the experiment and links the store, must be the same bytes."""
     tally = Tally("MLflow server killed and restarted")
     if os.geteuid() != 0:
         tally.notes.append("skipped: scripts/mlflow_server.sh needs root")
         return tally
-    name = f"burrscope-faults-{uuid.uuid4().hex[:8]}"  # runs of its own in the server's shared database
+    # Runs of their own in the server's shared database: a fold joins a running parent of its pipeline key, and
+    # runs of earlier campaigns must never count. The two runs below share the names: the first closes its parent.
+    name = f"burrscope-faults-{uuid.uuid4().hex[:8]}"
+    names = {"mlflow.experiment": name, "mlflow.registered_model": name}
     rng = lab.plan.rng("mlflow-server")
-    moment = lab.baseline().run.moment_in(rng.random(), lambda stage: stage.startswith("train@"))
-    outage = rng.uniform(1, 5)
+    draw, outage = rng.random(), rng.uniform(1, 5)
     with mlflow_server() as port:
         uri = f"http://127.0.0.1:{port}"
         env = environment(MLFLOW_TRACKING_URI=uri)
+        reference = lab.trial("server-uninterrupted")
+        set_params(reference, names)
+        uninterrupted = lab.run(lab.command(DVC), reference, env=env)
+        if uninterrupted.returncode != 0:
+            tally.notes.append(f"the uninterrupted run against the server failed: {errors(uninterrupted.output)}")
+            return tally
+        moment = uninterrupted.moment_in(draw, lambda stage: stage.startswith("train@"))
         root = lab.trial("server-killed")
-        set_params(root, {"mlflow.experiment": name, "mlflow.registered_model": name})
+        set_params(root, names)
         first, injected = run_with_outage(lab, root, port, moment=moment, outage=outage)
         rerun = lab.run(lab.command(DVC), root, env=env)
         rerun_stages = {stage for stage, _ in rerun.marks(DVC_STAGE)}
         lost = sorted(s for s in finished_stages(first) if s.startswith("train@") and s in rerun_stages)
         params = yaml.safe_load((root / "params.yaml").read_text())
         missing = incomplete_runs(uri, name, params, export=lab.plan.target is None)
-        notes = [f"trained again: {', '.join(lost)}"] * bool(lost)
+        # A first run that fails before the moment is a finding too: the server failed it with no fault injected.
+        failed_early = not injected and first.returncode != 0
+        notes = [f"the first run failed before the kill: {errors(first.output)}"] * failed_early
+        notes += [f"trained again: {', '.join(lost)}"] * bool(lost)
         notes += [f"incomplete runs: {', '.join(missing)}"] * bool(missing)
         ok = rerun.returncode == 0 and not lost and not missing
-        # Its own MLflow names: dvc.lock's params differ from the uninterrupted run's, its outputs must not.
-        trial = lab.judge(root, tool=DVC, injected=injected, recovered=ok, same_params=False, uri=uri, notes=notes)
+        trial = lab.judge(
+            root, tool=DVC, injected=injected, recovered=ok, uri=uri, notes=notes, baseline=snapshot(reference)
+        )
     progress(
         f"MLflow server killed {moment[1]:.1f} s into {moment[0]}, down {outage:.1f} s and a restart: first run exit "
         f"{first.returncode}, rerun exit {rerun.returncode}; {'; '.join(notes) or 'complete runs'}"
     )
     tally.trials.append(trial)
     tally.notes += notes
+    lab.discard(reference)
     lab.discard(root)
     return tally
