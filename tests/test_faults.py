@@ -3,9 +3,9 @@ recovery commands it relies on.
 
 The campaign runs on a tiny copy (4 demo images per class, 32 px, up to `aggregate`): two `dvc repro` kills, one
 `snakemake --cores 2` kill, and one of each other fault (of the corrupt files, one run: a corrupted feature-cache
-entry and a corrupted checkpoint), in three groups that run at once, all compared with one uninterrupted run. As root it
-also fills a tmpfs and kills an MLflow server of scripts/mlflow_server.sh; without root those two are skipped (the
-campaign says so).
+entry and a corrupted checkpoint), in three groups that run at once, all compared with one uninterrupted run (the
+MLflow server's trial with one into its server). As root it also fills a tmpfs and kills an MLflow server of
+scripts/mlflow_server.sh; without root those two are skipped (the campaign says so).
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ SMALL = Plan(
     settings=FAST | {"resize.img_size": 32, "train.cpu_threads": 1},
 )
 ROOT_ONLY = {"disk-full", "mlflow-server"}
-# The kinds in three groups that run at once, in one campaign: every kind is compared with its one uninterrupted
-# `dvc repro`, which the first to ask makes. The Snakemake kill and the MLflow server each have a group of their
-# own, so that the longest group (the kinds that start from a copy of the uninterrupted run) starts at once.
+# The kinds in three groups that run at once, in one campaign: every kind but the MLflow server's is compared with
+# one uninterrupted `dvc repro`, which the first to ask makes. The Snakemake kill and the MLflow server each have a
+# group of their own, so that the longest group (the kinds that start from a copy of the uninterrupted run) starts
+# at once.
 GROUPS = (
     ("dvc-kills", "queue", "second-repro", "disk-full", "corrupt-files"),
     ("snakemake-kills",),

@@ -120,9 +120,9 @@ class Lab:
         return run(command, root, env, log=self.log, **options)
 
     def baseline(self) -> Baseline:
-        """The uninterrupted `dvc repro` that every fault is compared with, Snakemake's kills too (the two tools run
-        the same commands and write the same bytes): made once, by the first fault kind that asks, and kept for
-        the copies some faults start from."""
+        """The uninterrupted `dvc repro` that the faults are compared with (the MLflow server's makes its own),
+        Snakemake's kills too (the two tools run the same commands and write the same bytes): made once, by the first
+        fault kind that asks, and kept for the copies some faults start from."""
         with self.baseline_made:
             if self.uninterrupted is None:
                 root = self.trial("baseline")
