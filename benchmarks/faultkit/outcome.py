@@ -101,14 +101,16 @@ class Runs:
     failed: int
 
 
+def experiment_runs(client: Any, experiment: str) -> list[Any] | None:
+    """Every run of the experiment in the client's store; None when no run made the experiment."""
+    found = client.get_experiment_by_name(experiment)
+    return None if found is None else client.search_runs([found.experiment_id], max_results=5000)
+
+
 def mlflow_runs(uri: str, experiment: str) -> Runs:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return Runs([], 0, 0)
-    runs = client.search_runs([found.experiment_id], max_results=5000)
+    runs = experiment_runs(MlflowClient(uri), experiment) or []
     statuses = [r.info.status for r in runs]
     stuck = [f"{r.info.run_name} ({r.info.run_id[:8]})" for r in runs if r.info.status == "RUNNING"]
     return Runs(stuck, statuses.count("KILLED"), statuses.count("FAILED"))

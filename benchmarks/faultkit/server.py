@@ -18,7 +18,7 @@ from workspace import REPO, set_params
 
 from faultkit.kills import errors, progress
 from faultkit.lab import DVC, Lab, environment
-from faultkit.outcome import Tally, snapshot
+from faultkit.outcome import Tally, experiment_runs, snapshot
 from faultkit.procs import DVC_STAGE, Finished, Lines
 
 STATE = Path(os.environ.get("BURRSCOPE_MLFLOW_STATE", "/var/lib/burrscope-mlflow"))  # scripts/mlflow_server.sh's
@@ -70,17 +70,18 @@ def incomplete_runs(uri: str, experiment: str, params: dict[str, Any], *, export
     FINISHED run with every epoch's scores and its artifacts, and (with `export`) a FINISHED export run."""
     from mlflow.tracking import MlflowClient
 
+    from burrscope.tracking.store import PARENT_RUN_TAG, PIPELINE_KEY_TAG
+
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    runs = experiment_runs(client, experiment)
+    if runs is None:
         return ["no run reached the server"]
-    runs = client.search_runs([found.experiment_id], max_results=5000)
-    parents = sorted((r for r in runs if "burrscope_pipeline_key" in r.data.tags), key=lambda r: r.info.start_time)
+    parents = sorted((r for r in runs if PIPELINE_KEY_TAG in r.data.tags), key=lambda r: r.info.start_time)
     if not parents:
         return ["no parent run"]
     parent = parents[-1]
     problems = [] if parent.info.status == "FINISHED" and "oof_accuracy" in parent.data.metrics else ["parent"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parent.info.run_id]
     done = [r for r in children if r.info.status == "FINISHED"]
     for fold in map(str, params["split"]["fold_ids"]):
         complete = [
