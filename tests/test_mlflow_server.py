@@ -167,7 +167,8 @@ def fold_run(tracked: Tracked, fold: str, epochs: str) -> Run | None:
 
 @pytest.fixture(scope="module")
 def interrupted(tracked: Tracked) -> Interrupted:
-    """Fold 0 trained again for more epochs, with the server stopped (by its script) once it has logged two."""
+    """Fold 0 trained again for more epochs, with the server stopped (by its script) once it has logged two: between
+    two of its epochs, as the fold is paused until the server is down."""
     epochs = INTERRUPTED_EPOCHS
     params = yaml.safe_load((tracked.root / "params.yaml").read_text())
     params["epochs"] = epochs
@@ -186,7 +187,14 @@ def interrupted(tracked: Tracked) -> Interrupted:
             found = fold_run(tracked, "0", str(epochs))
             if found is not None:
                 logged = len(tracked.client.get_metric_history(found.info.run_id, "val_loss"))
-        tracked.server.stop()
+        # Paused while the server stops: `stop` waits for the script's start/stop lock, which the fault campaign's
+        # server trial may hold for a minute on a busy machine, and the fold must not finish in the meantime.
+        fold = psutil.Process(process.pid)
+        fold.suspend()
+        try:
+            tracked.server.stop()
+        finally:
+            fold.resume()
         process.wait(timeout=600)
         log.seek(0)
         output = log.read()
