@@ -259,6 +259,20 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Pa
     return shared / "project"
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, to run a page's scripts headless: installed when missing, as root, by the scripts' own
+    apt_install (one apt-get at a time, beside the services' installs)."""
+    found = shutil.which("chromium")
+    if found is None and os.geteuid() == 0:
+        install = f"source {SCRIPTS / 'lib.sh'} && apt_install chromium"
+        run(["bash", "-c", install, "tests"], REPO, user_env(REPO), timeout=1800)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("needs Debian's chromium: `sudo apt-get install chromium`, or run the tests as root")
+    return found
+
+
 # ---------------------------------------------------------------- services of the `cluster` tests
 
 

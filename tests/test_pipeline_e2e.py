@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -88,13 +87,12 @@ def test_dvc_plots_show_writes_every_plot_into_a_page_that_fetches_nothing(pipel
     assert all(json.dumps(title) in page for title in plot_titles(pipeline_run))
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium to run the page's scripts")
 def test_the_plots_page_draws_every_plot_in_a_browser_cut_off_from_the_network(
-    pipeline_run: Path, tmp_path: Path
+    pipeline_run: Path, chromium: str, tmp_path: Path
 ) -> None:
     output(["dvc", "plots", "show", "--out", str(tmp_path)], pipeline_run, user_env(pipeline_run))
     browser = [
-        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--virtual-time-budget=10000",
         "--dump-dom", (tmp_path / "index.html").as_uri(),
     ]  # fmt: skip
