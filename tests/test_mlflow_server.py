@@ -26,11 +26,12 @@ from helpers import Server, make_project, run, run_log, user_env
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from burrscope.tracking.store import PARENT_RUN_TAG, PIPELINE_KEY_TAG
+
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 FOLDS, EPOCHS = 5, 2
 FOLD_ARTIFACTS = {"model.pt", "history.csv", "predictions.csv"}  # what the train stage logs, from its outputs
-PARENT_TAG, KEY_TAG = "mlflow.parentRunId", "burrscope_pipeline_key"
 TRAIN = ["python", "-m", "stages.train", "data/processed/images", "data/processed/folds.csv"]
 INTERRUPTED_EPOCHS = 30  # long enough to stop the server after the second epoch, with many still to come
 
@@ -75,10 +76,10 @@ def tracked(mlflow_server: Server, module_folder: Callable[[str], Path]) -> Trac
 
 def test_five_folds_logging_at_once_lose_nothing(tracked: Tracked, tmp_path: Path) -> None:
     runs = tracked.runs()
-    parents = [r for r in runs if KEY_TAG in r.data.tags]
+    parents = [r for r in runs if PIPELINE_KEY_TAG in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    children = [r for r in runs if r.data.tags.get(PARENT_RUN_TAG) == parent.info.run_id]
     folds = {r.data.tags["fold"]: r for r in children if "fold" in r.data.tags}
     assert sorted(folds) == [str(k) for k in range(FOLDS)]
     assert len(runs) == 1 + FOLDS + 1 and len(children) == FOLDS + 1  # the parent, the folds, the export
