@@ -65,7 +65,7 @@ def bare(images_dir: Path, folds: pd.DataFrame, fold: int, recipe: Recipe) -> fl
         data, batch = setup.data, recipe.batch_size
         steps_per_epoch = math.ceil(len(data.train_x) / batch)
         steps = Steps(
-            make_optimiser(setup.built.model, recipe.lr, 0.0, fused=setup.device.type == "cuda"),
+            make_optimiser(setup.built.model, recipe.lr, 0.0),
             torch.amp.GradScaler(setup.device.type, enabled=setup.runtime.amp_dtype is torch.float16),
             recipe.lr,
             recipe.epochs * steps_per_epoch,

@@ -259,18 +259,30 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Pa
     return shared / "project"
 
 
+def debian_program(program: str, package: str) -> str:
+    """`program` from Debian's `package`: installed when missing, as root, by the scripts' own apt_install (one
+    apt-get at a time, beside the services' installs); without root the test is skipped, saying how to get it."""
+    found = shutil.which(program)
+    if found is None and os.geteuid() == 0:
+        install = f"source {SCRIPTS / 'lib.sh'} && apt_install {package}"
+        run(["bash", "-c", install, "tests"], REPO, user_env(REPO), timeout=1800)
+        found = shutil.which(program)
+    if found is None:
+        pytest.skip(f"needs Debian's {package}: `sudo apt-get install {package}`, or run the tests as root")
+    return found
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's Chromium, to run a page's scripts headless: installed when missing, as root, by the scripts' own
-    apt_install (one apt-get at a time, beside the services' installs)."""
-    found = shutil.which("chromium")
-    if found is None and os.geteuid() == 0:
-        install = f"source {SCRIPTS / 'lib.sh'} && apt_install chromium"
-        run(["bash", "-c", install, "tests"], REPO, user_env(REPO), timeout=1800)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("needs Debian's chromium: `sudo apt-get install chromium`, or run the tests as root")
-    return found
+    """Debian's Chromium, to run a page's scripts headless."""
+    return debian_program("chromium", "chromium")
+
+
+@pytest.fixture(scope="session")
+def qemu_x86_64() -> str:
+    """qemu's user-mode x86-64 emulator: runs a program as on another CPU, whose identity (maker, model, caches) it
+    reports, computing every instruction exactly, in software."""
+    return debian_program("qemu-x86_64", "qemu-user")
 
 
 # ---------------------------------------------------------------- services of the `cluster` tests

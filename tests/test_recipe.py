@@ -60,7 +60,7 @@ def test_adamw_without_decay_takes_adams_steps_and_decay_shrinks_only_weights() 
     twin = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
     twin.load_state_dict(model.state_dict())
     inputs, labels = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    pairs = ((model, make_optimiser(model, 0.01, 0.0)), (twin, torch.optim.Adam(twin.parameters(), 0.01)))
+    pairs = ((model, make_optimiser(model, 0.01, 0.0)), (twin, torch.optim.Adam(twin.parameters(), 0.01, fused=True)))
     for net, optimiser in pairs:
         for _ in range(3):
             optimiser.zero_grad()
@@ -155,4 +155,6 @@ def test_ema_weights_are_what_is_evaluated_and_kept(
 
     assert torch.equal(probabilities_of(average.model), result.probabilities)
     assert not torch.equal(probabilities_of(average.raw), result.probabilities)
-    assert math.isclose(result.history[-1]["val_loss"], fold_metrics(result, recipe)["val_loss"])
+    # One view: the history's loss is the logits' cross-entropy, the metrics' the log of their softmax: the same
+    # number, rounded apart in the last float32 digits.
+    assert math.isclose(result.history[-1]["val_loss"], fold_metrics(result, recipe)["val_loss"], rel_tol=1e-6)

@@ -32,7 +32,7 @@ def make_steps(setup: Setup, recipe: Recipe, steps_per_epoch: int) -> Steps:
     model, data, device = setup.built.model, setup.data, setup.device
     average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     return Steps(
-        make_optimiser(model, recipe.lr, recipe.weight_decay, fused=device.type == "cuda"),
+        make_optimiser(model, recipe.lr, recipe.weight_decay),
         torch.amp.GradScaler(device.type, enabled=setup.runtime.amp_dtype is torch.float16),
         recipe.lr,
         recipe.epochs * steps_per_epoch,
