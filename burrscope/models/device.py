@@ -32,9 +32,9 @@ def select_device(preference: str) -> torch.device:
 # Arithmetic that every x86-64 CPU of the last decade does alike. Left alone, torch's own kernels and oneDNN's
 # convolutions pick the widest vector instructions a CPU offers (AVX-512 on many Intel chips, AVX2 on others), and
 # each width adds floating-point numbers in another order: training diverges in the third decimal. MKL, which does
-# the classifier layer's matrix products, also picks its code by the CPU's maker, even on its AVX2
-# branch; its COMPATIBLE branch is the one it computes alike on Intel and AMD CPUs (tests/test_reproducibility.py
-# runs a fold on an emulated CPU of the other maker to check).
+# the classifier layer's matrix products, also picks its code by the CPU's maker, even on its AVX2 branch; its
+# COMPATIBLE branch computes alike on Intel and AMD CPUs (tests/test_reproducibility.py runs a fold on an emulated
+# CPU of the other maker to check).
 PORTABLE_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 
 

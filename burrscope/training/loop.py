@@ -38,7 +38,7 @@ def make_optimiser(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     With weight_decay 0, AdamW takes exactly Adam's steps. Fused, on every device: on CUDA it updates every parameter
     in a few kernel launches instead of several per tensor (at small batches the launches, not the arithmetic, take
     the time); on a CPU it takes square roots with the processor's exact instruction, where the per-tensor path
-    calls MKL's, which rounds them differently on Intel and AMD CPUs.
+    calls MKL's vector maths, whose last bit depends on the CPU.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(
