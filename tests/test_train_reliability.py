@@ -198,17 +198,6 @@ def test_train_deterministic_switches_torch_to_deterministic_kernels(
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 
 
-def test_the_default_non_deterministic_mode_leaves_torch_inductor_unimported() -> None:
-    # torch.use_deterministic_algorithms imports torch._inductor, about 1 s of every fold's start on 2 cores, even to
-    # switch off what was never on.
-    code = (
-        "import sys, torch; from burrscope.training.setup import configure_determinism; "
-        "configure_determinism(False, False, torch.device('cpu')); print('torch._inductor' in sys.modules)"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert run.stdout.strip() == "False"
-
-
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:///{tmp}/a_file/sub/mlflow.db"])
 def test_unreachable_mlflow_fails_at_once_naming_the_uri(
     tmp_path: Path, three_folds: Callable[..., Params], monkeypatch: pytest.MonkeyPatch, uri: str

@@ -31,9 +31,7 @@ def configure_determinism(deterministic: bool, benchmark: bool, device: torch.de
     if deterministic:
         # cuBLAS reads this when CUDA first creates its handle, so it must be set before any CUDA work.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if deterministic or torch.are_deterministic_algorithms_enabled():
-        # Only when it changes something: the call imports torch._inductor, about 1 s of a fold's start on 2 cores.
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = device.type == "cuda" and benchmark and not deterministic
 
