@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO, Node, copy_definition, dvc_nodes, run, snakemake_nodes
 
 from burrscope.params import TRAINING_KEYS
 from burrscope.pipeline.codegraph import stage_code
+from burrscope.pipeline.dvcfile import output_entry
 from burrscope.pipeline.generated import stale
+from burrscope.pipeline.graph import BY_NAME
 from burrscope.tracking.gitinfo import PIPELINE_INPUTS
 
 STAGE_MODULE_LINES, LIBRARY_MODULE_LINES = 80, 350
@@ -75,6 +80,24 @@ def test_the_report_depends_on_every_file_its_header_names_the_commit_of(nodes: 
     older commit than `dvc repro` from nothing at that commit does, and dirties git."""
     tracked = set(run(["git", "ls-files", *PIPELINE_INPUTS], REPO).stdout.split())
     assert "burrscope/training/setup.py" in tracked and tracked <= nodes["report"][1]
+
+
+@pytest.mark.cli
+def test_the_report_reruns_when_its_inputs_come_back_never_restored_from_the_run_cache(tmp_path: Path) -> None:
+    """Its header names the inputs' last commit, which DVC's run cache cannot see: after a revert, a report restored
+    from the run cache would name an older commit than `dvc repro` in a fresh clone does, and dirty git. A stage with
+    the report's output, whose command counts its runs, runs again when its input comes back to an earlier content."""
+    declared = output_entry(dataclasses.replace(BY_NAME["report"].outputs["report"], path="page.html"), "fold")
+    count = "import pathlib; runs = pathlib.Path('runs'); runs.write_text(runs.read_text() + '.'); "
+    count += "pathlib.Path('page.html').write_text(pathlib.Path('input.txt').read_text())"
+    stage = {"cmd": f'{sys.executable} -c "{count}"', "deps": ["input.txt"], "outs": [declared]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"page": stage}}))
+    (tmp_path / "runs").write_text("")
+    run(["dvc", "init", "--no-scm", "-q"], tmp_path)
+    for content in ("first", "second", "first"):
+        (tmp_path / "input.txt").write_text(content)
+        run(["dvc", "repro", "-q"], tmp_path)
+    assert (tmp_path / "runs").read_text() == "..."
 
 
 def test_no_stage_module_imports_another() -> None:

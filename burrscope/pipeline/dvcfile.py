@@ -107,8 +107,14 @@ def dvc_path(path: str, item: str = "fold") -> str:
     return re.sub(rf"\{{({item}|[a-z_]+\.[a-z_.]+)\}}", lambda m: "${item}" if m[1] == item else f"${{{m[1]}}}", path)
 
 
-def _output(output: Output, item: str) -> str | dict[str, Any]:
-    return dvc_path(output.path, item) if output.cache else {dvc_path(output.path, item): {"cache": False}}
+def output_entry(output: Output, item: str) -> str | dict[str, Any]:
+    # DVC keeps no run-cache entry for a stage with a persistent output: its one switch for a stage whose outputs it
+    # caches. (Persistent also means not deleted before the stage runs, which the stages' atomic writes never need.)
+    options = {"cache": False} if not output.cache else {}
+    if not output.from_run_cache:
+        options["persist"] = True
+    path = dvc_path(output.path, item)
+    return {path: options} if options else path
 
 
 def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
@@ -118,8 +124,8 @@ def stage_entry(stage: Stage, root: Path) -> dict[str, Any]:
         "deps": [dvc_path(path, stage.item) for path in stage.inputs.values()] + stage_code(root, stage.module),
         "params": list(stage.params),
     }
-    outs = [_output(output, stage.item) for output in stage.outputs.values() if not output.metric]
-    metrics = [_output(output, stage.item) for output in stage.outputs.values() if output.metric]
+    outs = [output_entry(output, stage.item) for output in stage.outputs.values() if not output.metric]
+    metrics = [output_entry(output, stage.item) for output in stage.outputs.values() if output.metric]
     entry["outs"] = outs
     if metrics:
         entry["metrics"] = metrics

@@ -56,12 +56,15 @@ TRAINING = tuple(TRAINING_KEYS.values())
 @dataclass(frozen=True)
 class Output:
     """A file or folder a stage writes. `cache: False` keeps it in git (small, for reading in a diff) instead of
-    DVC's cache; `metric` makes it what `dvc metrics show` and `dvc exp show` list."""
+    DVC's cache; `metric` makes it what `dvc metrics show` and `dvc exp show` list; `from_run_cache: False` has its
+    stage run again whenever its inputs change, never restored from DVC's run cache, for an output that depends on
+    what the run cache cannot see."""
 
     path: str
     folder: bool = False
     cache: bool = True
     metric: bool = False
+    from_run_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,10 @@ STAGES: tuple[Stage, ...] = (
             "audit": AUDIT,
             "curve": CURVE_DIR,
         },
-        {"report": Output(REPORT)},
+        # The header names the inputs' last commit (burrscope/report/origin.py). After a commit that puts the inputs
+        # back as they were (a revert), the run cache would bring back a report that names an older commit than a
+        # fresh clone's run does.
+        {"report": Output(REPORT, from_run_cache=False)},
         top_level_keys(),
         note="The report prints every param.",
     ),
