@@ -68,6 +68,10 @@ def queued_run(lab: Lab, name: str, jobs: int) -> tuple[Path, bool, bool]:
         status = queue_status(lab, root)
         if len(status) == len(EXPERIMENTS) and not {"Running", "Queued"} & set(status.values()):
             break
+    # Into the campaign's log, to tell a run that differs from a wrong experiment applied: each one's params and
+    # metrics, and the queue's account of the runs.
+    lab.run(["dvc", "queue", "status"], root)
+    lab.run(["dvc", "exp", "show", "--no-pager", "--md"], root)
     return root, ran_at_once(root), set(status.values()) == {"Success"} and len(status) == len(EXPERIMENTS)
 
 
