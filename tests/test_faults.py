@@ -18,7 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from faultkit.kills import LOCKFILE_CUT, restore_lockfile  # benchmarks/ is on the path (pyproject.toml)
+from faultkit.kills import (
+    LOCKFILE_CUT,
+    RWLOCK_CUT,
+    remove_rwlock,
+    restore_lockfile,
+)  # benchmarks/ is on the path (pyproject.toml)
 from faultkit.lab import FAST, Lab, Plan
 from faultkit.outcome import Tally, differences, snapshot
 from faultkit.procs import SNAKEMAKE_JOB, Finished
@@ -184,6 +189,25 @@ def test_a_moment_is_drawn_over_the_chosen_stages_and_counted_from_the_stages_st
     assert run.moment_in(0.0) == ("split", 0.0)
     assert run.moment_in(0.5) == ("train@0", 2.5)  # 3.5 of the 7 s
     assert run.moment_in(0.75, lambda stage: stage.startswith("train@")) == ("train@1", 0.5)  # 4.5 of the 6 s
+
+
+@pytest.mark.cli
+def test_an_rwlock_left_empty_by_a_kill_stops_the_rerun_and_removing_it_recovers(tmp_path: Path) -> None:
+    """What CI's small campaign found (a kill 9.6 s into `split`): DVC rewrites .dvc/tmp/rwlock in place, so a kill
+    meanwhile leaves it empty and every later `dvc repro` stops at once. Removing it (kills.remove_rwlock, as
+    docs/reliability.md says) lets the same command run."""
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp input.txt output.txt\n    deps: [input.txt]\n    outs: [output.txt]\n"
+    )
+    (tmp_path / "input.txt").write_text("part\n")
+    run(["dvc", "init", "--no-scm", "-q"], tmp_path)
+    (tmp_path / ".dvc" / "tmp").mkdir(exist_ok=True)
+    (tmp_path / ".dvc" / "tmp" / "rwlock").write_text("")  # truncated by DVC's open(..., "w"), never written
+    stopped = run(["dvc", "repro"], tmp_path, check=False)
+    assert stopped.returncode != 0 and RWLOCK_CUT.search(stopped.stdout + stopped.stderr), stopped.stderr
+    remove_rwlock(tmp_path)
+    run(["dvc", "repro"], tmp_path)
+    assert (tmp_path / "output.txt").read_text() == "part\n"
 
 
 @pytest.mark.e2e

@@ -13,7 +13,11 @@ from faultkit.outcome import Tally, Trial
 from faultkit.procs import DVC_STAGE, SNAKEMAKE_JOB, Lines
 
 LOCKED = "Directory cannot be locked"  # Snakemake's refusal while its lock is left by a killed run
-AFTER = {"unlocked": " after snakemake --unlock", "restored dvc.lock": " after restoring dvc.lock"}  # a trial's notes
+AFTER = {  # a trial's notes
+    "unlocked": " after snakemake --unlock",
+    "restored dvc.lock": " after restoring dvc.lock",
+    "removed .dvc/tmp/rwlock": " after removing .dvc/tmp/rwlock",
+}
 # DVC's refusals while another `dvc repro` runs: its workspace lock (held except while a stage's command runs), or
 # the lock on the outputs of the stage the other one runs.
 DVC_LOCKED = ("Unable to acquire lock", "is busy, it is being blocked by")
@@ -21,6 +25,9 @@ DVC_LOCKED = ("Unable to acquire lock", "is busy, it is being blocked by")
 # second for the demo's): a kill meanwhile leaves it cut short, and the rerun stops at once with one of these.
 # docs/reliability.md gives the step back, which restore_lockfile takes.
 LOCKFILE_CUT = re.compile(r"'(\./)?dvc\.lock' (is invalid|validation failed)")
+# DVC records which outputs its running commands hold in .dvc/tmp/rwlock, rewritten in place the same way
+# (dvc/rwlock.py opens it "w"): a kill meanwhile leaves it empty, and every later run stops at once with this.
+RWLOCK_CUT = re.compile(r"Unable to read RWLock-file '(\./)?\.dvc/tmp/rwlock'\. JSON structure is corrupted")
 
 
 def progress(text: str) -> None:
@@ -43,10 +50,23 @@ def restore_lockfile(root: Path) -> None:
         (root / "dvc.lock").unlink()
 
 
+def remove_rwlock(root: Path) -> None:
+    """No .dvc/tmp/rwlock, which DVC makes again: the step back after a kill left it empty. It only records what
+    running DVC commands hold, so with none running nothing is lost."""
+    (root / ".dvc" / "tmp" / "rwlock").unlink(missing_ok=True)
+
+
+# What a kill can leave half-written in DVC's own files: the refusal the rerun stops with, and the step back.
+STEPS_BACK = (
+    (LOCKFILE_CUT, restore_lockfile, "restored dvc.lock"),
+    (RWLOCK_CUT, remove_rwlock, "removed .dvc/tmp/rwlock"),
+)
+
+
 def killed_trial(lab: Lab, tool: str, name: str, moment: float) -> Trial:
     """One run of `tool` killed at `moment`, then the same command again: for Snakemake after `snakemake --unlock`
-    when its stale lock refuses the rerun, as its message says; for DVC after restore_lockfile when the kill cut
-    dvc.lock short."""
+    when its stale lock refuses the rerun, as its message says; for DVC after the step back (STEPS_BACK) when the
+    kill cut dvc.lock or .dvc/tmp/rwlock short."""
     root = lab.trial(name)
     command = lab.command(tool)
     first = lab.run(command, root, kill_at=moment)
@@ -56,10 +76,11 @@ def killed_trial(lab: Lab, tool: str, name: str, moment: float) -> Trial:
         lab.run(["snakemake", "--unlock"], root)
         notes.append("unlocked")
         rerun = lab.run(command, root)
-    if tool == DVC and rerun.returncode != 0 and LOCKFILE_CUT.search(rerun.output):
-        restore_lockfile(root)
-        notes.append("restored dvc.lock")
-        rerun = lab.run(command, root)
+    for refusal, step_back, note in STEPS_BACK if tool == DVC else ():
+        if rerun.returncode != 0 and refusal.search(rerun.output):
+            step_back(root)
+            notes.append(note)
+            rerun = lab.run(command, root)
     trial = lab.judge(root, tool=tool, injected=first.killed, recovered=rerun.returncode == 0, notes=notes)
     where = first.running_at(moment, DVC_STAGE if tool == DVC else SNAKEMAKE_JOB)
     verdict = "finished before the kill" if not first.killed else f"killed in {where}"
