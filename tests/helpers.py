@@ -305,6 +305,14 @@ def mlflow_runs(db: Path) -> list[tuple[str, str, str | None]]:
         ).fetchall()
 
 
+def one_stage_dvc_project(root: Path, cmd: str, output: str | dict[str, Any]) -> None:
+    """A DVC project without git in `root`: one stage that runs `cmd`, reads input.txt and writes `output` (as a
+    dvc.yaml `outs` entry)."""
+    stage = {"cmd": cmd, "deps": ["input.txt"], "outs": [output]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"stage": stage}}))
+    run(["dvc", "init", "--no-scm", "-q"], root)
+
+
 def dvc_nodes(root: Path) -> dict[str, Node]:
     """dvc.yaml's stages; a folder dep stands for the outputs other stages write inside it."""
     from dvc.dependency.param import ParamsDependency

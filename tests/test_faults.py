@@ -28,7 +28,7 @@ from faultkit.lab import FAST, Lab, Plan
 from faultkit.outcome import Tally, differences, snapshot
 from faultkit.procs import SNAKEMAKE_JOB, Finished
 from faults import KINDS
-from helpers import REPO, copy_definition, copy_project, output, run, user_env
+from helpers import REPO, copy_definition, copy_project, one_stage_dvc_project, output, run, user_env
 
 from burrscope.tracking.lookup import run_page_name
 
@@ -196,11 +196,8 @@ def test_an_rwlock_left_empty_by_a_kill_stops_the_rerun_and_removing_it_recovers
     """What CI's small campaign found (a kill 9.6 s into `split`): DVC rewrites .dvc/tmp/rwlock in place, so a kill
     meanwhile leaves it empty and every later `dvc repro` stops at once. Removing it (kills.remove_rwlock, as
     docs/reliability.md says) lets the same command run."""
-    (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  copy:\n    cmd: cp input.txt output.txt\n    deps: [input.txt]\n    outs: [output.txt]\n"
-    )
+    one_stage_dvc_project(tmp_path, "cp input.txt output.txt", "output.txt")
     (tmp_path / "input.txt").write_text("part\n")
-    run(["dvc", "init", "--no-scm", "-q"], tmp_path)
     (tmp_path / ".dvc" / "tmp").mkdir(exist_ok=True)
     (tmp_path / ".dvc" / "tmp" / "rwlock").write_text("")  # truncated by DVC's open(..., "w"), never written
     stopped = run(["dvc", "repro"], tmp_path, check=False)

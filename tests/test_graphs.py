@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import REPO, Node, copy_definition, dvc_nodes, run, snakemake_nodes
+from helpers import REPO, Node, copy_definition, dvc_nodes, one_stage_dvc_project, run, snakemake_nodes
 
 from burrscope.params import TRAINING_KEYS
 from burrscope.pipeline.codegraph import stage_code
@@ -90,10 +89,8 @@ def test_the_report_reruns_when_its_inputs_come_back_never_restored_from_the_run
     declared = output_entry(dataclasses.replace(BY_NAME["report"].outputs["report"], path="page.html"), "fold")
     count = "import pathlib; runs = pathlib.Path('runs'); runs.write_text(runs.read_text() + '.'); "
     count += "pathlib.Path('page.html').write_text(pathlib.Path('input.txt').read_text())"
-    stage = {"cmd": f'{sys.executable} -c "{count}"', "deps": ["input.txt"], "outs": [declared]}
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"page": stage}}))
+    one_stage_dvc_project(tmp_path, f'{sys.executable} -c "{count}"', declared)
     (tmp_path / "runs").write_text("")
-    run(["dvc", "init", "--no-scm", "-q"], tmp_path)
     for content in ("first", "second", "first"):
         (tmp_path / "input.txt").write_text(content)
         run(["dvc", "repro", "-q"], tmp_path)
